@@ -1,0 +1,76 @@
+# Build, install and test the Python CNI plugins. Targets relied upon: zipapps, install, test, demo.
+SHELL := /bin/bash
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+CNI_BIN_DIR ?= /opt/cni/bin
+DESTDIR ?=
+EXTRACT_ROOT ?= /var/cache/cni-python
+IPTC_VERSION := 1.2.0
+SHIV_VERSION := 1.0.8
+
+APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables conntrack ethtool \
+	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc time
+
+PROTOCOL := $(shell find cni_protocol -name '*.py')
+HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
+BRIDGE_SRC := $(PROTOCOL) $(shell find cni_bridge -name '*.py')
+
+.PHONY: all deps venv zipapps install test unit demo demo-clean bench clean
+
+all: zipapps
+
+# Debian packages the plugins and the tests need; apt runs only when one is missing.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.ready
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check shiv==$(SHIV_VERSION) pytest \
+		python-iptables==$(IPTC_VERSION)
+	touch $@
+
+build/site-host-local: $(HOST_LOCAL_SRC)
+	rm -rf $@ && mkdir -p $@
+	cp -r cni_protocol host_local_ipam $@/
+	find $@ -name __pycache__ -prune -exec rm -rf {} +
+
+build/site-bridge: $(BRIDGE_SRC) | venv
+	rm -rf $@ && mkdir -p $@
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --target $@ \
+		python-iptables==$(IPTC_VERSION)
+	cp -r cni_protocol cni_bridge $@/
+	find $@ -name __pycache__ -prune -exec rm -rf {} +
+
+dist/host-local: ENTRY := host_local_ipam.__main__:main
+dist/bridge: ENTRY := cni_bridge.__main__:main
+dist/%: build/site-% tools/build_zipapp.py | venv
+	mkdir -p dist
+	$(PYTHON) tools/build_zipapp.py --shiv $(VENV)/bin/shiv --root $(EXTRACT_ROOT) \
+		--entry $(ENTRY) --site-packages $< --out $@
+
+zipapps: dist/host-local dist/bridge
+
+# Install into $(DESTDIR)$(CNI_BIN_DIR) and extract each app once, so that the first pod
+# does not pay for the extraction.
+install: zipapps
+	install -d $(DESTDIR)$(CNI_BIN_DIR)
+	for app in host-local bridge; do \
+		install -m 0755 dist/$$app $(DESTDIR)$(CNI_BIN_DIR)/$$app.new && \
+		mv -f $(DESTDIR)$(CNI_BIN_DIR)/$$app.new $(DESTDIR)$(CNI_BIN_DIR)/$$app && \
+		env -i $(DESTDIR)$(CNI_BIN_DIR)/$$app; \
+	done
+
+unit: venv
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+# Every test: the README's test command, and what CI runs.
+test: deps zipapps
+	$(VENV)/bin/python -m pytest tests
+
+clean:
+	rm -rf build dist $(VENV) .pytest_cache

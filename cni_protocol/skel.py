@@ -1,0 +1,99 @@
+"""The execution protocol: env + stdin in, result or error JSON on stdout, exit status.
+
+A plugin hands `run` one handler per verb. Handlers return a 1.x-shaped result dict (ADD) or
+None, and raise CNIError for anything the runtime should see. Nothing else escapes: an
+unexpected exception becomes one error object with a one-line message, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from . import result as results
+from . import version as versions
+from .errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_ENV, INVALID_CONFIG
+from .request import Request
+
+MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+
+def run(plugin: str, handlers: dict, known_args: tuple[str, ...] = ()) -> None:
+    """Serve one invocation and exit."""
+    env = os.environ
+    command = env.get("CNI_COMMAND", "")
+    if not command:
+        sys.stderr.write(f"CNI plugin {plugin} (Python) "
+                         f"supporting CNI spec versions {', '.join(versions.SUPPORTED_VERSIONS)}\n")
+        sys.exit(0)
+    version = versions.LATEST
+    try:
+        stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+        if command == "VERSION":
+            _print(_version_info(stdin))
+            sys.exit(0)
+        handler = handlers.get(command)
+        if handler is None:
+            raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND: {command}",
+                           f"known commands: {', '.join(['VERSION', *handlers])}")
+        conf = decode_conf(stdin)
+        version = _reported_version(conf)  # what an error speaks if negotiation fails
+        version = versions.negotiate(conf)
+        if command in MINIMUM_VERSION:
+            versions.require(version, MINIMUM_VERSION[command], command)
+        req = Request(command, env, stdin, conf, version, known_args)
+        out = handler(req)
+        if out is not None:
+            _print(results.emit(out, version))
+    except CNIError as e:
+        _fail(e, version)
+    except Exception as e:  # a bug: one line for the runtime's log, not a traceback
+        _fail(CNIError(INTERNAL, f"{plugin}: internal error: {type(e).__name__}: {e}"), version)
+    sys.exit(0)
+
+
+def decode_conf(stdin: bytes) -> dict:
+    try:
+        conf = json.loads(stdin)
+    except ValueError as e:
+        raise CNIError(DECODE_FAILURE, "error decoding network configuration from stdin",
+                       str(e)) from None
+    if not isinstance(conf, dict):
+        raise CNIError(DECODE_FAILURE, "error decoding network configuration from stdin",
+                       "the configuration is not a JSON object")
+    return conf
+
+
+def _reported_version(conf: dict) -> str:
+    """The version an error is reported in: the conf's own if it is a string we know."""
+    v = conf.get("cniVersion")
+    return v if v in versions.SUPPORTED_VERSIONS else versions.LATEST
+
+
+def _version_info(stdin: bytes) -> dict:
+    version = versions.LATEST
+    if stdin.strip():
+        try:
+            conf = json.loads(stdin)
+            if isinstance(conf, dict) and conf.get("cniVersion") in versions.SUPPORTED_VERSIONS:
+                version = conf["cniVersion"]
+        except ValueError:
+            pass
+    return {"cniVersion": version, "supportedVersions": list(versions.SUPPORTED_VERSIONS)}
+
+
+def _print(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj))
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def _fail(error: CNIError, version: str) -> None:
+    _print(error.to_dict(version))
+    sys.exit(1)
+
+
+def config_error(key: str, problem: str, value: object = None) -> CNIError:
+    """Code 7, naming the key: 'ipam.ranges[0][0].subnet: has host bits set'."""
+    details = "" if value is None else f"{key}={json.dumps(value)}"
+    return CNIError(INVALID_CONFIG, f"invalid config: {key}: {problem}", details)
