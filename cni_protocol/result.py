@@ -59,6 +59,14 @@ def upgrade(result: dict) -> dict:
     """A result of any supported version (a prevResult) in the 1.x shape."""
     if not isinstance(result, dict):
         raise CNIError(DECODE_FAILURE, "could not decode prevResult: not an object")
+    try:
+        return _upgrade(result)
+    except (KeyError, TypeError, AttributeError) as e:  # a malformed part: code 6, not 999
+        raise CNIError(DECODE_FAILURE, "could not decode prevResult: malformed result",
+                       f"{type(e).__name__}: {e}") from None
+
+
+def _upgrade(result: dict) -> dict:
     if "ip4" in result or "ip6" in result:
         out: dict = {"ips": [], "routes": []}
         for key in ("ip4", "ip6"):
@@ -69,7 +77,10 @@ def upgrade(result: dict) -> dict:
             if entry.get("gateway"):
                 ip["gateway"] = entry["gateway"]
             out["ips"].append(ip)
-            out["routes"].extend(entry.get("routes") or [])
+            routes = entry.get("routes") or []
+            if not isinstance(routes, list):
+                raise TypeError(f"{key}.routes is not a list")
+            out["routes"].extend(routes)
         if result.get("dns"):
             out["dns"] = result["dns"]
         return out

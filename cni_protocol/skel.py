@@ -1,15 +1,17 @@
 """The execution protocol: env + stdin in, result or error JSON on stdout, exit status.
 
-A plugin hands `run` one handler per verb. Handlers return a 1.x-shaped result dict (ADD) or
-None, and raise CNIError for anything the runtime should see. Nothing else escapes: an
+A plugin hands `run` the name of its module of verbs: a HANDLERS dict (one function per verb)
+and KNOWN_ARGS (the CNI_ARGS keys it understands). It is imported only when a verb needs it,
+so VERSION and the "about" line cost no more than the interpreter. Handlers return a
+1.x-shaped result dict (ADD) or None, and raise CNIError for anything the runtime should see. Nothing else escapes: an
 unexpected exception becomes one error object with a one-line message, never a traceback.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from . import jsonio
 from . import result as results
 from . import version as versions
 from .errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_ENV, INVALID_CONFIG
@@ -18,7 +20,7 @@ from .request import Request
 MINIMUM_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
 
-def run(plugin: str, handlers: dict, known_args: tuple[str, ...] = ()) -> None:
+def run(plugin: str, verbs_module: str) -> None:
     """Serve one invocation and exit."""
     env = os.environ
     command = env.get("CNI_COMMAND", "")
@@ -32,16 +34,17 @@ def run(plugin: str, handlers: dict, known_args: tuple[str, ...] = ()) -> None:
         if command == "VERSION":
             _print(_version_info(stdin))
             sys.exit(0)
-        handler = handlers.get(command)
+        verbs = __import__(verbs_module, fromlist=["HANDLERS"])
+        handler = verbs.HANDLERS.get(command)
         if handler is None:
             raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND: {command}",
-                           f"known commands: {', '.join(['VERSION', *handlers])}")
+                           f"known commands: {', '.join(['VERSION', *verbs.HANDLERS])}")
         conf = decode_conf(stdin)
         version = _reported_version(conf)  # what an error speaks if negotiation fails
         version = versions.negotiate(conf)
         if command in MINIMUM_VERSION:
             versions.require(version, MINIMUM_VERSION[command], command)
-        req = Request(command, env, stdin, conf, version, known_args)
+        req = Request(command, env, stdin, conf, version, verbs.KNOWN_ARGS)
         out = handler(req)
         if out is not None:
             _print(results.emit(out, version))
@@ -54,7 +57,7 @@ def run(plugin: str, handlers: dict, known_args: tuple[str, ...] = ()) -> None:
 
 def decode_conf(stdin: bytes) -> dict:
     try:
-        conf = json.loads(stdin)
+        conf = jsonio.loads(stdin)
     except ValueError as e:
         raise CNIError(DECODE_FAILURE, "error decoding network configuration from stdin",
                        str(e)) from None
@@ -74,7 +77,7 @@ def _version_info(stdin: bytes) -> dict:
     version = versions.LATEST
     if stdin.strip():
         try:
-            conf = json.loads(stdin)
+            conf = jsonio.loads(stdin)
             if isinstance(conf, dict) and conf.get("cniVersion") in versions.SUPPORTED_VERSIONS:
                 version = conf["cniVersion"]
         except ValueError:
@@ -83,7 +86,7 @@ def _version_info(stdin: bytes) -> dict:
 
 
 def _print(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj))
+    sys.stdout.write(jsonio.dumps(obj))
     sys.stdout.write("\n")
     sys.stdout.flush()
 
@@ -95,5 +98,5 @@ def _fail(error: CNIError, version: str) -> None:
 
 def config_error(key: str, problem: str, value: object = None) -> CNIError:
     """Code 7, naming the key: 'ipam.ranges[0][0].subnet: has host bits set'."""
-    details = "" if value is None else f"{key}={json.dumps(value)}"
+    details = "" if value is None else f"{key}={jsonio.dumps(value)}"
     return CNIError(INVALID_CONFIG, f"invalid config: {key}: {problem}", details)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 def main() -> None:
     from cni_protocol import skel
-    from .plugin import HANDLERS, KNOWN_ARGS
-    skel.run("host-local", HANDLERS, KNOWN_ARGS)
+    skel.run("host-local", "host_local_ipam.plugin")
 
 
 if __name__ == "__main__":

@@ -7,10 +7,9 @@ its old address back until the set has gone round once.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from cni_protocol.errors import CNIError
-from .ranges import Range, RangeSet, fmt, parse_ip
+from cni_protocol.ip import fmt, parse_ip
+from .ranges import Range, RangeSet
 
 ALLOCATION_FAILED = 100  # ours: a requested address is taken, or the set is exhausted
 
@@ -57,7 +56,8 @@ class Allocator:
                            f"in range set {self.range_set}")
         return _ip_config(r, value)
 
-    def candidates(self) -> Iterator[tuple[Range, int]]:
+    def candidates(self):
+        """Yields (range, address) in the reference's search order."""
         ranges = self.range_set.ranges
         index, cur = 0, None
         last = self.store.last_reserved(self.set_index)

@@ -1,11 +1,12 @@
 """The `ipam` section (plus runtimeConfig and args) as the reference host-local reads it."""
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError, INVALID_CONFIG
+from cni_protocol.errors import CNIError, INVALID_CONFIG, INVALID_ENV
 from cni_protocol.request import Request
 from cni_protocol.skel import config_error
 from cni_protocol.version import at_least
-from .ranges import RangeSet, parse_ip
+from cni_protocol.ip import parse_cidr, parse_ip
+from .ranges import RangeSet
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -43,7 +44,7 @@ def _routes(routes: object) -> list:
         if not isinstance(route, dict) or not isinstance(route.get("dst"), str):
             raise config_error(f"ipam.routes[{i}].dst", "is required (a CIDR)", route)
         try:
-            parse_ip(route["dst"])
+            parse_cidr(route["dst"])
             if "gw" in route:
                 parse_ip(route["gw"])
         except (ValueError, AttributeError):
@@ -61,7 +62,7 @@ def _range_sets(req: Request, ipam: dict) -> list[RangeSet]:
         sets += [RangeSet(s, f"runtimeConfig.ipRanges[{i}]") for i, s in enumerate(runtime)]
     if ipam.get("subnet"):
         legacy = {k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
-        sets.append(RangeSet([legacy], "ipam"))
+        sets.append(RangeSet([legacy], "ipam.subnet", range_key="ipam"))
     configured = ipam.get("ranges") or []
     if not isinstance(configured, list):
         raise config_error("ipam.ranges", "must be a list of range sets", configured)
@@ -94,8 +95,11 @@ def _requested_ips(req: Request) -> list[tuple[int, int]]:
     out = []
     for key, ip in wanted:
         try:
-            out.append(parse_ip(str(ip)))
+            out.append(parse_ip(str(ip).split("/", 1)[0]))
         except ValueError:
+            if key == "CNI_ARGS IP":  # the environment, not the conf: code 4
+                raise CNIError(INVALID_ENV, f"invalid CNI_ARGS: IP: cannot understand ip {ip!r}",
+                               f"IP={req.args['IP']!r}") from None
             raise config_error(key, f"cannot understand ip {ip!r}", ip) from None
     return out
 

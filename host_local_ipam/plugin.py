@@ -1,12 +1,12 @@
 """host-local's verbs. Each one: load the config, open the store, one short step under its lock."""
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError, INVALID_CONFIG, NOT_AVAILABLE
+from cni_protocol.errors import CNIError, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE
 from cni_protocol.request import Request
 from .allocator import ALLOCATION_FAILED, Allocator
 from .config import IPAMConfig
 from .dns import parse_resolv_conf
-from .ranges import fmt, parse_ip
+from cni_protocol.ip import fmt, parse_ip
 from .store import DiskStore
 
 LEASE_NOT_FOUND = 101  # ours: CHECK found no lease for the attachment
@@ -15,7 +15,11 @@ KNOWN_ARGS = ("IP",)
 
 def _open(req: Request) -> tuple[IPAMConfig, DiskStore]:
     conf = IPAMConfig(req)
-    return conf, DiskStore(conf.data_dir, req.network)
+    try:
+        return conf, DiskStore(conf.data_dir, req.network)
+    except OSError as e:
+        raise CNIError(IO_FAILURE, f"host-local: cannot use dataDir {conf.data_dir}: "
+                       f"{e.strerror}") from None
 
 
 def cmd_add(req: Request) -> dict:

@@ -5,21 +5,8 @@ into the strings the store uses as file names (dotted quad, RFC 5952 for IPv6).
 """
 from __future__ import annotations
 
-import ipaddress
-
+from cni_protocol.ip import BITS, fmt, network, parse_cidr, parse_ip
 from cni_protocol.skel import config_error
-
-
-def fmt(family: int, value: int) -> str:
-    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
-
-
-def parse_ip(text: str) -> tuple[int, int]:
-    """(family, int) of an address; IPv4-mapped IPv6 counts as IPv4, as in the Go store."""
-    addr = ipaddress.ip_address(text.split("/", 1)[0].strip())
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return addr.version, int(addr)
 
 
 class Range:
@@ -32,23 +19,20 @@ class Range:
             raise config_error(f"{key}.subnet", "is required (a CIDR such as 10.200.0.0/24)",
                                entry.get("subnet") if isinstance(entry, dict) else entry)
         try:
-            net = ipaddress.ip_network(entry["subnet"], strict=False)
+            family, given, prefixlen = parse_cidr(entry["subnet"])
         except ValueError as e:
             raise config_error(f"{key}.subnet", f"is not a CIDR: {e}", entry["subnet"]) from None
-        if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
-            net = ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
-        given = ipaddress.ip_interface(entry["subnet"]).ip
-        if int(given) & int(net.hostmask) and given.version == net.version:
+        self.family, self.prefixlen = family, prefixlen
+        self.network = network(family, given, prefixlen)
+        if given != self.network:
             raise config_error(f"{key}.subnet",
-                               f"has host bits set: for a mask of length {net.prefixlen} "
-                               f"the network address is {net.network_address}", entry["subnet"])
-        if net.prefixlen > net.max_prefixlen - 2:
-            raise config_error(f"{key}.subnet",
-                               f"network {net} is too small to allocate from", entry["subnet"])
-        self.family = net.version
-        self.network = int(net.network_address)
-        self.prefixlen = net.prefixlen
-        last = int(net.broadcast_address)
+                               f"has host bits set: for a mask of length {prefixlen} "
+                               f"the network address is {fmt(family, self.network)}",
+                               entry["subnet"])
+        if prefixlen > BITS[family] - 2:
+            raise config_error(f"{key}.subnet", f"network {self.subnet} is too small to "
+                               "allocate from", entry["subnet"])
+        last = self.network | ((1 << (BITS[family] - prefixlen)) - 1)
         self.start = self._ip(entry, "rangeStart", key, self.network + 1, inside=True)
         self.end = self._ip(entry, "rangeEnd", key, last - 1 if self.family == 4 else last,
                             inside=True)
@@ -73,8 +57,7 @@ class Range:
         return value
 
     def in_subnet(self, value: int) -> bool:
-        bits = 32 if self.family == 4 else 128
-        return value >> (bits - self.prefixlen) == self.network >> (bits - self.prefixlen)
+        return network(self.family, value, self.prefixlen) == self.network
 
     def contains(self, family: int, value: int) -> bool:
         return family == self.family and self.start <= value <= self.end
@@ -95,11 +78,12 @@ class RangeSet:
 
     __slots__ = ("ranges", "label")
 
-    def __init__(self, entries: list, label: str) -> None:
+    def __init__(self, entries: list, label: str, range_key: str = "") -> None:
+        """`range_key` names a lone range's keys in errors instead of <label>[i]."""
         if not isinstance(entries, list) or not entries:
             raise config_error(label, "a range set must be a non-empty list of ranges", entries)
         self.label = label
-        self.ranges = [Range(e, f"{label}[{i}]") for i, e in enumerate(entries)]
+        self.ranges = [Range(e, range_key or f"{label}[{i}]") for i, e in enumerate(entries)]
         family = self.ranges[0].family
         for i, r in enumerate(self.ranges):
             if r.family != family:

@@ -2,7 +2,8 @@
 in-memory one for unit tests. The allocator only ever talks to this interface:
 
     lock()                                 context manager, exclusive
-    reserve(id, ifname, ip, set_index)     False if `ip` is taken; records last_reserved_ip
+    reserve(id, ifname, ip, set_index)     False if `ip` is taken; records last_reserved_ip;
+                                           only under lock()
     last_reserved(set_index)               str | None
     get_by_id(id, ifname)                  [ip, ...] held by the attachment (or legacy id)
     release_by_id(id, ifname)              [ip, ...] released
@@ -22,7 +23,9 @@ LAST_RESERVED_PREFIX = "last_reserved_ip."
 # A reservation is written under this name first and linked into place, so a crash never
 # leaves an empty lease file (reference issue #498). It does not parse as an IP, so the Go
 # plugin's lookups and GC tools ignore it; DEL and GC of the attachment remove a leftover.
+# Reservations are serialized by the lock, so one name will do: a crash leaves at most one file.
 RESERVING_PREFIX = ".reserving."
+RESERVING_NAME = RESERVING_PREFIX + "tmp"
 
 
 def _content(container_id: str, ifname: str) -> str:
@@ -62,8 +65,12 @@ class DiskStore:
         path = os.path.join(self.dir, ip)
         if os.path.lexists(path):
             return False
-        tmp = os.path.join(self.dir, f"{RESERVING_PREFIX}{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        tmp = os.path.join(self.dir, RESERVING_NAME)
+        try:  # a crash leftover: never truncate it, it may be linked to a lease already
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, _content(container_id, ifname).encode())
         finally:

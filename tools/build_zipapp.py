@@ -1,12 +1,15 @@
 #!/usr/bin/python3
-"""Build one plugin as a shiv zipapp whose warm start skips shiv's bootstrap.
+"""Build one plugin as a shiv zipapp that starts as fast as a plain script.
 
-shiv extracts the app's site-packages once into <root>/<name>_<build id>/ and compiles it, which
-is what we want; but its bootstrap (pathlib, zipfile, json, site, ...) costs ~65 ms on every
-run. We replace the archive's __main__.py with a few lines that go straight to the extracted
-site-packages when it exists and fall back to shiv's bootstrap (extraction under its lock) when
-it does not. The shebang pins the system interpreter in isolated mode without site
-(`/usr/bin/python3 -IS`), so neither PYTHON* variables, a user site, HOME nor PATH matter.
+shiv extracts the app's site-packages once into <root>/<name>_<build id>/ and compiles it,
+which is what we want. But running a zipapp costs twice on every call: shiv's bootstrap
+(pathlib, zipfile, json, site, ...: ~65 ms) and, before it, the interpreter's runpy
+(importlib.util, contextlib: ~5 ms). So the archive starts with a two-line /bin/sh preamble
+instead of a `#!python` line (a zip file may carry any prefix): it execs the system
+interpreter, isolated and without site (`/usr/bin/python3 -IS`, so neither PYTHON*
+variables, a user site, HOME nor PATH matter), on a few lines that import the entry point
+straight from the extracted site-packages. When that is missing (the first run after an
+install), they hand over to shiv's own bootstrap, which extracts under its file lock.
 
 usage: build_zipapp.py --shiv SHIV --entry MOD:FUNC --site-packages DIR --out FILE [--root DIR]
 """
@@ -21,23 +24,23 @@ import zipfile
 INTERPRETER = "/usr/bin/python3 -IS"
 EXTRACT_ROOT = "/var/cache/cni-python"
 
-WARM_MAIN = '''\
-# Warm path of this shiv zipapp (tools/build_zipapp.py): run from the extracted site-packages
-# when it is there; otherwise shiv's bootstrap extracts it first (under its file lock).
-import os
-import sys
+# No single quotes in START: it is passed to `python3 -c '...'` by the shell.
+START = (
+    "import os, sys; "
+    "sys.argv = sys.argv[1:]; "
+    "root = os.environ.get(\"SHIV_ROOT\") or \"{root}\"; "
+    "name = os.path.basename(os.path.realpath(sys.argv[0])); "
+    "site = f\"{{root}}/{{name}}_{build_id}/site-packages\"; "
+    "warm = os.path.isdir(site); "
+    "sys.path.insert(0, site if warm else sys.argv[0]); "
+    "exec(\"from {module} import {func}; {func}()\" if warm "
+    "else \"import _bootstrap; _bootstrap.bootstrap()\")"
+)
 
-_root = os.environ.get("SHIV_ROOT") or "%(root)s"
-_name = os.path.basename(os.path.realpath(sys.argv[0]))
-_site = f"{_root}/{_name}_%(build_id)s/site-packages"
-if os.path.isdir(_site):
-    sys.path.insert(0, _site)
-    from %(module)s import %(func)s
-    %(func)s()
-else:
-    import _bootstrap
-    _bootstrap.bootstrap()
-'''
+PREAMBLE = """#!/bin/sh
+# shiv zipapp (tools/build_zipapp.py): run from the extracted site-packages, else extract.
+exec {interpreter} -c '{start}' "$0" "$@"
+"""
 
 
 def main() -> None:
@@ -53,22 +56,21 @@ def main() -> None:
     subprocess.run([a.shiv, "--site-packages", a.site_packages, "-e", a.entry, "-o", raw,
                     "-p", INTERPRETER, "--root", a.root, "--reproducible"], check=True)
     module, func = a.entry.split(":")
-    with zipfile.ZipFile(raw) as src:
-        env = json.loads(src.read("environment.json"))
-        tmp = a.out + ".tmp"
-        with open(tmp, "wb") as out:
-            out.write(f"#!{INTERPRETER}\n".encode())
-            with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
-                for info in src.infolist():
-                    data = src.read(info)
-                    if info.filename == "__main__.py":
-                        data = (WARM_MAIN % {"root": a.root, "build_id": env["build_id"],
-                                             "module": module, "func": func}).encode()
-                    dst.writestr(info, data)
+    with zipfile.ZipFile(raw) as archive:
+        build_id = json.loads(archive.read("environment.json"))["build_id"]
+    with open(raw, "rb") as f:
+        data = f.read()
+    zip_data = data[data.index(b"\n") + 1:]  # drop shiv's #! line
+    start = START.format(root=a.root, build_id=build_id, module=module, func=func)
+    assert "'" not in start
+    tmp = a.out + ".tmp"
+    with open(tmp, "wb") as out:
+        out.write(PREAMBLE.format(interpreter=INTERPRETER, start=start).encode())
+        out.write(zip_data)
     os.chmod(tmp, 0o755)
     os.replace(tmp, a.out)
     os.unlink(raw)
-    print(f"built {a.out} (build id {env['build_id'][:12]}, extracts to {a.root})")
+    print(f"built {a.out} (build id {build_id[:12]}, extracts to {a.root})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The CNI bridge plugin: pods on a Linux bridge through veth pairs, addressed by an IPAM plugin."""

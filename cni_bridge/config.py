@@ -1,0 +1,149 @@
+"""The bridge plugin's network conf: every key of the reference bridge, validated up front so
+that a bad conf fails before anything is created."""
+from __future__ import annotations
+
+from cni_protocol.errors import CNIError, UNSUPPORTED_FIELD
+from cni_protocol.request import Request, check_ifname
+from cni_protocol.skel import config_error
+
+DEFAULT_BRIDGE = "cni0"
+KNOWN_ARGS = ("MAC",)
+_HEX = frozenset("0123456789abcdef")
+
+
+class BridgeConfig:
+    __slots__ = ("bridge", "is_gateway", "is_default_gateway", "force_address", "ip_masq",
+                 "mtu", "hairpin_mode", "promisc_mode", "vlan", "vlan_trunk",
+                 "preserve_default_vlan", "enable_dad", "port_isolation",
+                 "disable_container_interface", "macspoofchk", "ip_masq_backend", "ipam_type",
+                 "dns", "mac")
+
+    def __init__(self, req: Request) -> None:
+        conf = req.conf
+        self.bridge = _get(conf, "bridge", str, DEFAULT_BRIDGE)
+        try:
+            check_ifname(self.bridge)
+        except CNIError as e:
+            raise config_error("bridge", e.msg.split(": ", 1)[-1], self.bridge) from None
+        self.is_default_gateway = _get(conf, "isDefaultGateway", bool, False)
+        self.is_gateway = _get(conf, "isGateway", bool, False) or self.is_default_gateway
+        self.force_address = _get(conf, "forceAddress", bool, False)
+        self.ip_masq = _get(conf, "ipMasq", bool, False)
+        self.mtu = _get(conf, "mtu", int, 0)
+        if self.mtu < 0:
+            raise config_error("mtu", "must not be negative", self.mtu)
+        self.hairpin_mode = _get(conf, "hairpinMode", bool, False)
+        self.promisc_mode = _get(conf, "promiscMode", bool, False)
+        if self.hairpin_mode and self.promisc_mode:
+            raise config_error("hairpinMode", "cannot set hairpin mode and promiscuous mode "
+                               "(promiscMode) at the same time")
+        self.vlan = _get(conf, "vlan", int, 0)
+        if not 0 <= self.vlan <= 4094:
+            raise config_error("vlan", f"invalid VLAN ID {self.vlan} (must be between 0 and 4094)",
+                               self.vlan)
+        self.vlan_trunk = _vlan_trunk(conf.get("vlanTrunk"))
+        if self.vlan and self.vlan_trunk:
+            raise config_error("vlanTrunk", "cannot set vlan and vlanTrunk at the same time")
+        self.preserve_default_vlan = _get(conf, "preserveDefaultVlan", bool, False)
+        self.enable_dad = _get(conf, "enabledad", bool, False)
+        self.port_isolation = _get(conf, "portIsolation", bool, False)
+        self.disable_container_interface = _get(conf, "disableContainerInterface", bool, False)
+        self.macspoofchk = _get(conf, "macspoofchk", bool, False)
+        self.ip_masq_backend = _get(conf, "ipMasqBackend", str, "iptables")
+        if self.ip_masq_backend not in ("iptables", "nftables"):
+            raise config_error("ipMasqBackend", 'must be "iptables" or "nftables"',
+                               self.ip_masq_backend)
+        ipam = conf.get("ipam") or {}
+        if not isinstance(ipam, dict):
+            raise config_error("ipam", "must be an object", ipam)
+        self.ipam_type = _get(ipam, "type", str, "", key="ipam.type")
+        if self.ipam_type and ("/" in self.ipam_type or self.ipam_type in (".", "..")):
+            raise config_error("ipam.type", "must be a plugin name, not a path", self.ipam_type)
+        if self.disable_container_interface and self.ipam_type:
+            raise config_error("disableContainerInterface",
+                               "cannot use IPAM when disableContainerInterface is set")
+        self.dns = _dns_override(conf.get("dns"))
+        self.mac = _mac(req)
+
+    def refuse_unsupported(self) -> None:
+        """Code 2 for keys of the reference we do not implement yet. Only ADD and CHECK
+        refuse them: DEL must still clean up whatever an attachment left."""
+        if self.macspoofchk:
+            raise CNIError(UNSUPPORTED_FIELD, "unsupported field: macspoofchk: true is not "
+                           "implemented by this bridge plugin", "macspoofchk=true")
+        if self.ip_masq and self.ip_masq_backend == "nftables":
+            raise CNIError(UNSUPPORTED_FIELD, 'unsupported field: ipMasqBackend: "nftables" is '
+                           "not implemented by this bridge plugin (iptables is)",
+                           'ipMasqBackend="nftables"')
+
+    @property
+    def vlan_filtering(self) -> bool:
+        return bool(self.vlan or self.vlan_trunk)
+
+
+def _get(conf: dict, name: str, kind: type, default, key: str | None = None):
+    value = conf.get(name, default)
+    if value is None:
+        return default
+    # JSON true is not an int here, and an int is not a bool.
+    if type(value) is not kind:
+        raise config_error(key or name, f"must be a {'boolean' if kind is bool else kind.__name__}",
+                           value)
+    return value
+
+
+def _vlan_trunk(entries: object) -> list[int]:
+    """Sorted unique VLAN ids from [{id} | {minID, maxID}]."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise config_error("vlanTrunk", "must be a list of {id} or {minID, maxID}", entries)
+    vids: set[int] = set()
+    for i, item in enumerate(entries):
+        key = f"vlanTrunk[{i}]"
+        if not isinstance(item, dict):
+            raise config_error(key, "must be {id} or {minID, maxID}", item)
+        low, high = item.get("minID"), item.get("maxID")
+        if (low is None) != (high is None):
+            raise config_error(key, "minID and maxID must be set together", item)
+        if low is not None:
+            for name, v in (("minID", low), ("maxID", high)):
+                if type(v) is not int or not 1 <= v <= 4094:
+                    raise config_error(f"{key}.{name}", "must be between 1 and 4094", v)
+            if high < low:
+                raise config_error(key, "minID is greater than maxID", item)
+            vids.update(range(low, high + 1))
+        if item.get("id") is not None:
+            vid = item["id"]
+            if type(vid) is not int or not 1 <= vid <= 4094:
+                raise config_error(f"{key}.id", "must be between 1 and 4094", vid)
+            vids.add(vid)
+    return sorted(vids)
+
+
+def _dns_override(dns: object) -> dict:
+    """The conf's `dns`, if any field is set; it then replaces what IPAM returned."""
+    if dns is None:
+        return {}
+    if not isinstance(dns, dict):
+        raise config_error("dns", "must be an object", dns)
+    return {k: dns[k] for k in ("nameservers", "domain", "search", "options") if dns.get(k)}
+
+
+def _mac(req: Request) -> str:
+    """CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac (capability "mac")."""
+    mac, key = req.args.get("MAC", ""), "CNI_ARGS MAC"
+    args = req.conf.get("args")
+    cni_args = args.get("cni") if isinstance(args, dict) else None
+    if isinstance(cni_args, dict) and cni_args.get("mac"):
+        mac, key = cni_args["mac"], "args.cni.mac"
+    if req.runtime_config.get("mac"):
+        mac, key = req.runtime_config["mac"], "runtimeConfig.mac"
+    if not mac:
+        return ""
+    octets = str(mac).lower().split(":")
+    if len(octets) != 6 or any(len(o) != 2 or not set(o) <= _HEX for o in octets):
+        raise config_error(key, "is not a MAC address like 0a:58:0a:f4:00:02", mac)
+    if int(octets[0], 16) & 1:
+        raise config_error(key, "is a multicast MAC address", mac)
+    return ":".join(octets)

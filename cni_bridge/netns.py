@@ -1,0 +1,115 @@
+"""The one primitive for running code inside another network namespace.
+
+`with enter("/var/run/netns/pod"):` switches the *calling thread* into that
+namespace with setns(2) and switches it back on exit, exceptions included.
+Everything namespace-sensitive that happens inside follows the thread:
+
+- a `Netlink()` socket opened inside stays bound to that namespace for its
+  whole life, even after the block ends;
+- files under /proc/sys/net/ opened inside are that namespace's sysctls.
+
+Only the calling thread moves; other threads stay where they are.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+CLONE_NEWNET = 0x40000000
+CURRENT_PATH = "/proc/thread-self/ns/net"  # the calling thread's own namespace
+
+
+class NetnsError(OSError):
+    """Entering or leaving a network namespace failed."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class NetnsNotFound(NetnsError):
+    """The namespace path does not exist (e.g. the runtime already deleted the pod's netns)."""
+
+
+def _load_setns():
+    """os.setns exists from Python 3.12; before that, call libc through ctypes.
+
+    ctypes costs ~3 ms to import, so it is loaded only when a namespace is entered.
+    """
+    if hasattr(os, "setns"):
+        return os.setns
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd: int, nstype: int) -> None:
+        if libc.setns(fd, nstype) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return setns
+
+
+_setns = None
+
+
+def _switch_to(fd: int) -> None:
+    global _setns
+    if _setns is None:
+        _setns = _load_setns()
+    _setns(fd, CLONE_NEWNET)
+
+
+def open_current() -> int:
+    """An fd of the calling thread's network namespace (e.g. for IFLA_NET_NS_FD); close it after use."""
+    return os.open(CURRENT_PATH, os.O_RDONLY | os.O_CLOEXEC)
+
+
+class NetnsContext:
+    """Context manager returned by `enter()`; remembers where to return to."""
+
+    __slots__ = ("path", "_origin_fd")
+
+    def __init__(self, path: str):
+        self.path = path
+        self._origin_fd = -1
+
+    def __enter__(self) -> NetnsContext:
+        try:
+            target_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NetnsNotFound(errno.ENOENT, f"network namespace {self.path} does not exist") from None
+        except OSError as e:
+            raise NetnsError(e.errno, f"cannot open network namespace {self.path}: {e.strerror}") from None
+        try:
+            origin_fd = open_current()
+            try:
+                _switch_to(target_fd)
+            except OSError as e:
+                os.close(origin_fd)
+                reason = "not a network namespace" if e.errno == errno.EINVAL else e.strerror
+                raise NetnsError(e.errno, f"cannot enter network namespace {self.path}: {reason}") from None
+        finally:
+            os.close(target_fd)
+        self._origin_fd = origin_fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        origin_fd, self._origin_fd = self._origin_fd, -1
+        try:
+            _switch_to(origin_fd)
+        except OSError as e:
+            # The thread is stuck in the pod namespace: anything it does next would
+            # land in the wrong place, so this must not be swallowed.
+            raise NetnsError(e.errno, f"cannot return from network namespace {self.path}: {e.strerror}") from None
+        finally:
+            os.close(origin_fd)
+
+
+def enter(path: str) -> NetnsContext:
+    """Run the with-block with the calling thread in the network namespace at `path`.
+
+    Raises NetnsNotFound if `path` does not exist, NetnsError if it cannot be
+    entered (for instance because it is not a network namespace).
+    """
+    return NetnsContext(path)
