@@ -8,14 +8,14 @@ EXTRACT_ROOT ?= /var/cache/cni-python
 IPTC_VERSION := 1.2.0
 SHIV_VERSION := 1.0.8
 
-APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables conntrack ethtool \
+APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
 	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc time
 
 PROTOCOL := $(shell find cni_protocol -name '*.py')
 HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
 BRIDGE_SRC := $(PROTOCOL) $(shell find cni_bridge -name '*.py')
 
-.PHONY: all deps venv zipapps install test unit demo demo-clean bench clean
+.PHONY: all deps venv zipapps install test unit demo demo-clean bench bench-ipam clean
 
 all: zipapps
 
@@ -55,15 +55,18 @@ dist/%: build/site-% tools/build_zipapp.py | venv
 
 zipapps: dist/host-local dist/bridge
 
-# Install into $(DESTDIR)$(CNI_BIN_DIR) and extract each app once, so that the first pod
-# does not pay for the extraction.
+# Install into $(DESTDIR)$(CNI_BIN_DIR) (atomically: a runtime may be exec'ing the old one),
+# extract each app once so that the first pod does not pay for it, and drop the extractions
+# of older builds.
 install: zipapps
 	install -d $(DESTDIR)$(CNI_BIN_DIR)
 	for app in host-local bridge; do \
 		install -m 0755 dist/$$app $(DESTDIR)$(CNI_BIN_DIR)/$$app.new && \
 		mv -f $(DESTDIR)$(CNI_BIN_DIR)/$$app.new $(DESTDIR)$(CNI_BIN_DIR)/$$app && \
-		env -i $(DESTDIR)$(CNI_BIN_DIR)/$$app; \
+		env -i $(DESTDIR)$(CNI_BIN_DIR)/$$app && \
+		$(PYTHON) tools/build_zipapp.py --prune $(DESTDIR)$(CNI_BIN_DIR)/$$app --root $(EXTRACT_ROOT); \
 	done
+	@echo "installed: $$(ls $(DESTDIR)$(CNI_BIN_DIR)/bridge $(DESTDIR)$(CNI_BIN_DIR)/host-local)"
 
 unit: venv
 	$(VENV)/bin/python -m pytest -q tests/unit
@@ -71,6 +74,29 @@ unit: venv
 # Every test: the README's test command, and what CI runs.
 test: deps zipapps
 	$(VENV)/bin/python -m pytest tests
+
+# The main job: build, install into $(CNI_BIN_DIR), and show the plugins at work in a
+# two-node "Kubernetes The Hard Way" cluster built in network namespaces.
+# DEMO_FLAGS=--keep leaves the cluster up; `make demo-clean` removes it.
+demo: deps install
+	$(PYTHON) tools/cluster.py demo --plugin-dir $(DESTDIR)$(CNI_BIN_DIR) $(DEMO_FLAGS)
+
+demo-clean:
+	$(PYTHON) tools/cluster.py clean
+
+# ../shared/cnibench against the Go plugins of Debian (containernetworking-plugins).
+CNIBENCH ?= ../shared/cnibench
+BENCH_FLAGS ?= --n 100 --parallel 16
+bench: deps zipapps
+	$(PYTHON) $(CNIBENCH) --plugin-dir dist --compare /usr/lib/cni $(BENCH_FLAGS) \
+		--json build/bench.json | tee build/bench.txt
+
+# Our host-local under the reference bridge, against the Go pair.
+bench-ipam: deps zipapps
+	rm -rf build/ipam-mix && mkdir -p build/ipam-mix
+	cp /usr/lib/cni/bridge build/ipam-mix/ && cp dist/host-local build/ipam-mix/
+	$(PYTHON) $(CNIBENCH) --plugin-dir build/ipam-mix --compare /usr/lib/cni $(BENCH_FLAGS) \
+		--json build/bench-ipam.json | tee build/bench-ipam.txt
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache

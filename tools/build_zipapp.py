@@ -12,12 +12,14 @@ straight from the extracted site-packages. When that is missing (the first run a
 install), they hand over to shiv's own bootstrap, which extracts under its file lock.
 
 usage: build_zipapp.py --shiv SHIV --entry MOD:FUNC --site-packages DIR --out FILE [--root DIR]
+       build_zipapp.py --prune INSTALLED_APP [--root DIR]   (drop extractions of other builds)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import zipfile
 
@@ -45,12 +47,18 @@ exec {interpreter} -c '{start}' "$0" "$@"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shiv", required=True)
-    p.add_argument("--entry", required=True)
-    p.add_argument("--site-packages", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--shiv")
+    p.add_argument("--entry")
+    p.add_argument("--site-packages")
+    p.add_argument("--out")
     p.add_argument("--root", default=EXTRACT_ROOT)
+    p.add_argument("--prune", metavar="INSTALLED_APP")
     a = p.parse_args()
+    if a.prune:
+        prune(a.prune, a.root)
+        return
+    if not (a.shiv and a.entry and a.site_packages and a.out):
+        p.error("--shiv, --entry, --site-packages and --out are required to build")
 
     raw = a.out + ".shiv"
     subprocess.run([a.shiv, "--site-packages", a.site_packages, "-e", a.entry, "-o", raw,
@@ -71,6 +79,20 @@ def main() -> None:
     os.replace(tmp, a.out)
     os.unlink(raw)
     print(f"built {a.out} (build id {build_id[:12]}, extracts to {a.root})")
+
+
+def prune(app: str, root: str) -> None:
+    """Remove <root>/<name>_<id> extractions whose build id is not the installed app's."""
+    with zipfile.ZipFile(app) as archive:
+        build_id = json.loads(archive.read("environment.json"))["build_id"]
+    name = os.path.basename(os.path.realpath(app))
+    if not os.path.isdir(root):
+        return
+    for entry in os.listdir(root):
+        stem = entry.lstrip(".")
+        if stem.startswith(f"{name}_") and build_id not in stem:
+            path = os.path.join(root, entry)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
 if __name__ == "__main__":
