@@ -4,12 +4,17 @@
 shiv extracts the app's site-packages once into <root>/<name>_<build id>/ and compiles it,
 which is what we want. But running a zipapp costs twice on every call: shiv's bootstrap
 (pathlib, zipfile, json, site, ...: ~65 ms) and, before it, the interpreter's runpy
-(importlib.util, contextlib: ~5 ms). So the archive starts with a two-line /bin/sh preamble
-instead of a `#!python` line (a zip file may carry any prefix): it execs the system
-interpreter, isolated and without site (`/usr/bin/python3 -IS`, so neither PYTHON*
-variables, a user site, HOME nor PATH matter), on a few lines that import the entry point
-straight from the extracted site-packages. When that is missing (the first run after an
-install), they hand over to shiv's own bootstrap, which extracts under its file lock.
+(importlib.util, contextlib: ~5 ms). So the archive starts with two lines of our own instead
+of shiv's `#!python` line (a zip file may carry any prefix):
+
+    #!/usr/bin/python3 -ISc<read line 2 of this file and exec it>
+    #<start code>
+
+The kernel runs the system interpreter isolated and without site (so neither PYTHON*
+variables, a user site, HOME nor PATH matter) on a `-c` one-liner, which runs the start code
+of line 2: import the entry point straight from the extracted site-packages, or, when that
+is missing (the first run after an install), hand over to shiv's own bootstrap, which
+extracts it under its file lock.
 
 usage: build_zipapp.py --shiv SHIV --entry MOD:FUNC --site-packages DIR --out FILE [--root DIR]
        build_zipapp.py --prune INSTALLED_APP [--root DIR]   (drop extractions of other builds)
@@ -23,26 +28,25 @@ import shutil
 import subprocess
 import zipfile
 
-INTERPRETER = "/usr/bin/python3 -IS"
+INTERPRETER = "/usr/bin/python3 -IS"  # one argument for the kernel: "-IS" then "c..."
 EXTRACT_ROOT = "/var/cache/cni-python"
 
-# No single quotes in START: it is passed to `python3 -c '...'` by the shell.
+# The whole shebang line must stay within the kernel's 255 characters.
+SHEBANG = ('#!' + INTERPRETER + 'cimport sys;f=open(sys.argv[1],"rb");f.readline();'
+           'exec(f.readline()[1:])\n')
+
+# Line 2, one line of Python after a '#'. sys.argv is ['-c', <this file>, ...].
 START = (
-    "import os, sys; "
+    "#import os; f.close(); "
     "sys.argv = sys.argv[1:]; "
-    "root = os.environ.get(\"SHIV_ROOT\") or \"{root}\"; "
+    "root = os.environ.get('SHIV_ROOT') or '{root}'; "
     "name = os.path.basename(os.path.realpath(sys.argv[0])); "
-    "site = f\"{{root}}/{{name}}_{build_id}/site-packages\"; "
+    "site = f'{{root}}/{{name}}_{build_id}/site-packages'; "
     "warm = os.path.isdir(site); "
     "sys.path.insert(0, site if warm else sys.argv[0]); "
-    "exec(\"from {module} import {func}; {func}()\" if warm "
-    "else \"import _bootstrap; _bootstrap.bootstrap()\")"
+    "exec('from {module} import {func}; {func}()' if warm "
+    "else 'import _bootstrap; _bootstrap.bootstrap()')\n"
 )
-
-PREAMBLE = """#!/bin/sh
-# shiv zipapp (tools/build_zipapp.py): run from the extracted site-packages, else extract.
-exec {interpreter} -c '{start}' "$0" "$@"
-"""
 
 
 def main() -> None:
@@ -69,11 +73,10 @@ def main() -> None:
     with open(raw, "rb") as f:
         data = f.read()
     zip_data = data[data.index(b"\n") + 1:]  # drop shiv's #! line
-    start = START.format(root=a.root, build_id=build_id, module=module, func=func)
-    assert "'" not in start
     tmp = a.out + ".tmp"
     with open(tmp, "wb") as out:
-        out.write(PREAMBLE.format(interpreter=INTERPRETER, start=start).encode())
+        out.write(SHEBANG.encode())
+        out.write(START.format(root=a.root, build_id=build_id, module=module, func=func).encode())
         out.write(zip_data)
     os.chmod(tmp, 0o755)
     os.replace(tmp, a.out)
