@@ -41,6 +41,13 @@ def loads(data: bytes | str) -> object:
     except StopIteration as e:
         raise ValueError(f"Expecting value: line 1 column {e.value + 1} (char {e.value})") \
             from None
+    except SystemError:
+        # The scanner raises json.decoder.JSONDecodeError, but only finds it in sys.modules:
+        # without it a syntax error inside a document is a bare SystemError. Bad input only.
+        import json.decoder  # noqa: F401
+        obj, end = _scan(text, start)
+    except RecursionError:
+        raise ValueError("too deeply nested") from None
     if text[end:].strip(_WHITESPACE):
         raise ValueError(f"Extra data: char {end}")
     return obj

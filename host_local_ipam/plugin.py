@@ -36,7 +36,7 @@ def cmd_add(req: Request) -> dict:
         if requested:
             raise CNIError(ALLOCATION_FAILED, "failed to allocate all requested IPs: no range "
                            "set contains " + ", ".join(fmt(*ip) for ip in requested))
-    except CNIError:
+    except BaseException:
         with store.lock():  # only what this call reserved: an older lease stays
             for ip in ips:
                 store.release(ip["address"].split("/")[0])

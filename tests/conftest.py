@@ -18,12 +18,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # unit tests import cni_protocol, host_local_ipam, ...
 
 
-def test_plugin_dir() -> Path:
+def plugins_dir() -> Path:
+    """CNI_TEST_PLUGIN_DIR, default <repo>/dist; a relative path is relative to the repo."""
     d = Path(os.environ.get("CNI_TEST_PLUGIN_DIR", "dist"))
     return (d if d.is_absolute() else ROOT / d).resolve()
-
-
-test_plugin_dir.__test__ = False  # a helper, not a test
 
 
 _checked: dict[str, Path] = {}
@@ -32,7 +30,7 @@ _checked: dict[str, Path] = {}
 def _zipapp(name: str) -> Path:
     if name in _checked:
         return _checked[name]
-    d = test_plugin_dir()
+    d = plugins_dir()
     path = d / name
     if d == (ROOT / "dist").resolve():
         target = f"dist/{name}"
