@@ -78,7 +78,6 @@ IFLA_LINK_NETNSID = 37
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 IFLA_BR_VLAN_FILTERING = 7
-IFLA_VLAN_ID = 1
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_BRPORT_ISOLATED = 33
@@ -500,12 +499,6 @@ class Netlink:
             IFLA_LINKINFO, _str(IFLA_INFO_KIND, "veth"),
             _nest(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer)))
         self._create_link(name, attrs, f"create veth {name} (peer {peer_name})")
-
-    def create_vlan(self, name: str, parent_index: int, vid: int) -> None:
-        """Create an 802.1Q sub-interface of `parent_index` (needs CONFIG_VLAN_8021Q)."""
-        attrs = _u32(IFLA_LINK, parent_index) + _nest(
-            IFLA_LINKINFO, _str(IFLA_INFO_KIND, "vlan"), _nest(IFLA_INFO_DATA, _u16(IFLA_VLAN_ID, vid)))
-        self._create_link(name, attrs, f"create vlan {name} (id {vid})")
 
     def set_link(self, index: int, *, up: bool | None = None, master: int | None = None,
                  mtu: int | None = None, mac: str | None = None, netns_fd: int | None = None,

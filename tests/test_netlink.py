@@ -434,28 +434,6 @@ def test_bridge_vlans(node, pod):
 
 
 @root_only
-def test_create_vlan(node):
-    sh("ip", "-n", node, "link", "add", "trunk0", "type", "veth", "peer", "name", "trunk1")
-    result = run_in(node, """
-        nl = Netlink()
-        try:
-            nl.create_vlan("trunk0.5", nl.get_link("trunk0").index, 5)
-            out(None)
-        except netlink.NetlinkError as e:
-            out(error_info(e))
-    """)
-    if not _kernel_has(node, "probe.7", "link", "trunk1", "type", "vlan", "id", "7"):
-        # No 802.1Q module: the refusal and the kernel's extended-ack text must come through.
-        assert result["errno"] == 95 and "Unknown device type" in result["msg"]
-        pytest.skip("kernel without CONFIG_VLAN_8021Q: only the refusal path was checked")
-    assert result is None
-    kernel = kernel_link(node, "trunk0.5")
-    assert kernel["linkinfo"]["info_kind"] == "vlan"
-    assert kernel["linkinfo"]["info_data"]["id"] == 5
-    assert kernel["link"] == "trunk0"
-
-
-@root_only
 def test_ensure_vlan_gateway_creates_an_access_port(node):
     result = run_in(node, """
         nl = Netlink()
