@@ -32,19 +32,29 @@ class NetnsNotFound(NetnsError):
 
 
 def _load_setns():
-    """os.setns exists from Python 3.12; before that, call libc through ctypes.
+    """os.setns exists from Python 3.12; before that, call libc's setns(2) ourselves.
 
-    ctypes costs ~3 ms to import, so it is loaded only when a namespace is entered.
+    Through the C core of ctypes (`_ctypes`, 0.6 ms) rather than the ctypes package, whose
+    pure-Python half costs another ~3 ms to import in a process that lives for ~30 ms.
+    The two classes below are what ctypes.c_int and a CDLL function would be.
     """
     if hasattr(os, "setns"):
         return os.setns
-    import ctypes
+    import _ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+    class CInt(_ctypes._SimpleCData):
+        _type_ = "i"
+
+    class CFunction(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = CInt
+        _argtypes_ = (CInt, CInt)
+
+    libc_setns = CFunction(_ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_NOW), "setns"))
 
     def setns(fd: int, nstype: int) -> None:
-        if libc.setns(fd, nstype) != 0:
-            code = ctypes.get_errno()
+        if libc_setns(fd, nstype) != 0:
+            code = _ctypes.get_errno()
             raise OSError(code, os.strerror(code))
 
     return setns
