@@ -63,7 +63,11 @@ def ensure_gateway_addr(nl: Netlink, bridge_index: int, gw: str, prefixlen: int,
             except NotFound:  # a concurrent ADD already removed it
                 pass
     ensure_addr(nl, bridge_index, gw, prefixlen)
-    nl.set_link(bridge_index, mac=mac or bridge.mac)
+    if not mac or mac == "00:00:00:00:00:00":
+        # A portless bridge whose MAC was never pinned reads as all zeros (its last port
+        # left): setting that is EADDRNOTAVAIL (plugins #620). Pin the one it took from our port.
+        mac = bridge.mac
+    nl.set_link(bridge_index, mac=mac)
 
 
 def ensure_route(nl: Netlink, dst: str, prefixlen: int, **route) -> None:

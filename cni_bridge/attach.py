@@ -34,9 +34,10 @@ class _Undo:
 def add(req: Request, cfg: BridgeConfig, call: ipam.IPAMCall | None, iptc_loaded) -> dict:
     """ADD. `call` is the IPAM ADD already running, `iptc_loaded` waits for python-iptables."""
     undo = _Undo()
+    nl = None
     try:
-        with Netlink() as nl:
-            return _add(req, cfg, nl, call, iptc_loaded, undo)
+        nl = Netlink()
+        return _add(req, cfg, nl, call, iptc_loaded, undo)
     except BaseException:
         if call is not None and not call.done:
             try:
@@ -44,8 +45,11 @@ def add(req: Request, cfg: BridgeConfig, call: ipam.IPAMCall | None, iptc_loaded
                 undo.push(lambda: ipam.run(cfg.ipam_type, "DEL", req))
             except CNIError:
                 pass  # the IPAM ADD failed too: it holds no lease to release
-        undo.run()
+        undo.run()  # before the socket closes: the veth is deleted through it
         raise
+    finally:
+        if nl is not None:
+            nl.close()
 
 
 def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, iptc_loaded, undo: _Undo) -> dict:

@@ -9,12 +9,13 @@ them try to create the same bridge. Errors a user has to act on are raised as
 from __future__ import annotations
 
 import _socket
+import errno
 import os
 import time
 
 from . import netns
 from .netlink import (AF_INET, AF_INET6, IFA_F_DADFAILED, IFA_F_TENTATIVE, Addr, AlreadyExists, Link,
-                      Netlink, NotFound)
+                      Netlink, NetlinkError, NotFound)
 
 
 class LinkError(Exception):
@@ -73,6 +74,10 @@ def ensure_bridge(nl: Netlink, name: str, mtu: int | None = None, promisc: bool 
         nl.create_bridge(name, mtu=mtu, vlan_filtering=vlan_filtering)
     except AlreadyExists:
         pass
+    except NetlinkError as e:
+        if vlan_filtering:
+            raise _no_vlan_filtering(e, name) from None
+        raise
     bridge = nl.get_link(name)
     if bridge is None:
         raise LinkError(f"bridge {name!r} disappeared right after creation")
@@ -80,7 +85,10 @@ def ensure_bridge(nl: Netlink, name: str, mtu: int | None = None, promisc: bool 
         raise LinkNotBridge(f'"{name}" already exists but is not a bridge')
     changed = False
     if vlan_filtering and not bridge.vlan_filtering:
-        nl.set_bridge_vlan_filtering(bridge.index, True)
+        try:
+            nl.set_bridge_vlan_filtering(bridge.index, True)
+        except NetlinkError as e:
+            raise _no_vlan_filtering(e, name) from None
         changed = True
     if promisc and not bridge.promisc:
         nl.set_link(bridge.index, promisc=True)
@@ -90,6 +98,15 @@ def ensure_bridge(nl: Netlink, name: str, mtu: int | None = None, promisc: bool 
         nl.set_link(bridge.index, up=True)
         changed = True
     return nl.get_link(bridge.index) if changed else bridge
+
+
+def _no_vlan_filtering(e: NetlinkError, name: str) -> NetlinkError:
+    """EOPNOTSUPP on turning VLAN filtering on: the same error, saying which keys need
+    which kernel option."""
+    if e.errno != errno.EOPNOTSUPP:
+        return e
+    return type(e)(e.errno, f"{e} (vlan/vlanTrunk need VLAN filtering on bridge {name}: this "
+                            "kernel was built without CONFIG_BRIDGE_VLAN_FILTERING)")
 
 
 def netlink_in(netns_path: str) -> Netlink:
