@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import REFERENCE_DIR, sigterm_as_interrupt  # noqa: E402
+from e2e import REFERENCE_DIR, load_cluster_tool, sigterm_as_interrupt  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -780,18 +781,10 @@ def _external_host(node) -> str:
 
 
 def _icmp_flows(node) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """ICMP flows of the node's conntrack: ((orig src, orig dst), (reply src, reply dst))."""
-    out = in_ns(node.ns, "conntrack", "-L", "-p", "icmp").stdout
-    flows = []
-    for line in out.splitlines():
-        pairs = re.findall(r"src=(\S+) dst=(\S+)", line)
-        if len(pairs) == 2:
-            flows.append((pairs[0], pairs[1]))
-    return flows
+    return load_cluster_tool().icmp_flows(node.ns)
 
 
 UDP_SERVER = """
-import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 9999))
 s.settimeout(10)

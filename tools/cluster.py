@@ -71,6 +71,17 @@ def run(*cmd, input=None, env=None, check=True, timeout=60) -> subprocess.Comple
     return proc
 
 
+def icmp_flows(ns: str) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """ICMP flows in a netns's conntrack: ((orig src, orig dst), (reply src, reply dst))."""
+    out = in_ns(ns, "conntrack", "-L", "-p", "icmp").stdout
+    flows = []
+    for line in out.splitlines():
+        pairs = re.findall(r"src=(\S+) dst=(\S+)", line)
+        if len(pairs) == 2:
+            flows.append((pairs[0], pairs[1]))
+    return flows
+
+
 def in_ns(ns: str, *cmd, **kw) -> subprocess.CompletedProcess:
     return run("ip", "netns", "exec", ns, *cmd, **kw)
 
@@ -288,14 +299,7 @@ class Cluster:
         return int(match.group(1)) if proc.returncode == 0 and match else None
 
     def conntrack(self, node: Host) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-        """ICMP flows of the node as ((orig src, orig dst), (reply src, reply dst))."""
-        out = in_ns(self.ns(node.name), "conntrack", "-L", "-p", "icmp").stdout
-        flows = []
-        for line in out.splitlines():
-            pairs = re.findall(r"src=(\S+) dst=(\S+)", line)
-            if len(pairs) == 2:
-                flows.append((pairs[0], pairs[1]))
-        return flows
+        return icmp_flows(self.ns(node.name))
 
     def nat_rules(self, node: Host) -> dict[str, list[str]]:
         """The nat rules with their [packets:bytes] counters, per iptables backend.
