@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -785,6 +784,7 @@ def _icmp_flows(node) -> list[tuple[tuple[str, str], tuple[str, str]]]:
 
 
 UDP_SERVER = """
+import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 9999))
 s.settimeout(10)
