@@ -95,31 +95,25 @@ def chain_comment(network: str, container_id: str) -> str:
 def _parse_ip(item: object) -> tuple[int, str, str]:
     """One container address -> (family, "ip/32|128", "network/prefix").
 
-    Accepts "10.22.0.2/24", ("10.22.0.2", 24) (or a list) and ipaddress interfaces.
-    A bare address counts as a /32 (/128) network, as in ipaddress.
+    Accepts "10.22.0.2/24" or ("10.22.0.2", 24). A bare address counts as a /32 (/128).
     """
-    import socket
+    from cni_protocol.ip import BITS, fmt, network, parse_ip
 
     if isinstance(item, (tuple, list)):
         if len(item) != 2:
             raise _error(f"invalid container address {item!r}: expected (address, prefixlen)")
         addr, plen = str(item[0]), item[1]
     else:
-        text = str(item)
-        addr, _, plen = text.partition("/")
-    family = 6 if ":" in addr else 4
-    af, bits = (socket.AF_INET6, 128) if family == 6 else (socket.AF_INET, 32)
+        addr, _, plen = str(item).partition("/")
     try:
-        packed = socket.inet_pton(af, addr)
-        prefix = bits if plen in ("", None) else int(plen)
-        if not 0 <= prefix <= bits:
+        family, value = parse_ip(addr)
+        prefix = BITS[family] if plen in ("", None) else int(plen)
+        if not 0 <= prefix <= BITS[family]:
             raise ValueError(f"prefix length {prefix} out of range")
-    except (OSError, ValueError, TypeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise _error(f"invalid container address {item!r}", exc) from None
-    mask = ((1 << bits) - 1) ^ ((1 << (bits - prefix)) - 1)
-    network = (int.from_bytes(packed, "big") & mask).to_bytes(bits // 8, "big")
-    host = socket.inet_ntop(af, packed)
-    return family, f"{host}/{bits}", f"{socket.inet_ntop(af, network)}/{prefix}"
+    net = fmt(family, network(family, value, prefix))
+    return family, f"{fmt(family, value)}/{BITS[family]}", f"{net}/{prefix}"
 
 
 def _by_family(ips: Addresses | None) -> dict[int, list[tuple[str, str]]]:
