@@ -12,6 +12,7 @@ from cni_protocol import jsonio
 from cni_protocol.errors import CNIError, DECODE_FAILURE, INTERNAL, INVALID_CONFIG
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
+from .process import Child
 
 
 def find_plugin(plugin: str, path: list[str]) -> str:
@@ -29,48 +30,22 @@ class IPAMCall:
     def __init__(self, plugin: str, command: str, req: Request) -> None:
         self.plugin = plugin
         self.command = command
-        self.done = False
         executable = find_plugin(plugin, req.path)
         env = dict(req.env)
         env["CNI_COMMAND"] = command
-        stdin_r, stdin_w = os.pipe()
-        stdout_r, stdout_w = os.pipe()
         try:
-            self.pid = os.posix_spawn(
-                executable, [executable], env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0),
-                              (os.POSIX_SPAWN_DUP2, stdout_w, 1)])
+            self._child = Child([executable], env, req.stdin)
         except OSError as e:
-            for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
-                os.close(fd)
             raise CNIError(INVALID_CONFIG, f"cannot run IPAM plugin {executable}: {e.strerror}"
                            ) from None
-        os.close(stdin_r)
-        os.close(stdout_w)
-        self._stdout = stdout_r
-        try:
-            # The conf is far below a pipe's buffer in practice; the child reads it first anyway.
-            view = memoryview(req.stdin)
-            while view:
-                view = view[os.write(stdin_w, view):]
-        except BrokenPipeError:
-            pass  # the child died early; wait() reports its exit
-        finally:
-            os.close(stdin_w)
+
+    @property
+    def done(self) -> bool:
+        return self._child.done
 
     def wait(self) -> dict | None:
         """The plugin's result (ADD, upgraded to the 1.x shape) or None; raises its error."""
-        chunks = []
-        while True:
-            chunk = os.read(self._stdout, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        os.close(self._stdout)
-        _, status = os.waitpid(self.pid, 0)
-        self.done = True
-        output = b"".join(chunks)
-        code = os.waitstatus_to_exitcode(status)
+        code, output = self._child.wait()
         if code != 0:
             raise self._error(output, code)
         if self.command != "ADD":

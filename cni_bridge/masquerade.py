@@ -791,6 +791,40 @@ def teardown_masquerade(network: str, container_id: str, ips: Addresses | None =
     for family in families:
         if _nat_table_exists(family):
             _in_nat_table(family, lambda nat: _remove_chains(nat, {chain}))
+    for family in families:
+        _teardown_in_nft_backend(family, chain)
+
+
+_NFT_TOOLS = {4: "iptables-nft", 6: "ip6tables-nft"}
+_TOOL_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")  # runtimes may give us no PATH
+
+
+def _teardown_in_nft_backend(family: int, chain: str) -> None:
+    """Remove the chain and its jumps from the iptables-nft backend too.
+
+    That is where the reference bridge put them on a host whose `iptables` is the nf_tables
+    variant (Debian 12's default), so our DEL also cleans up pods that the Go plugin added,
+    as after switching plugins on a running node. One `iptables-nft -S` (~1 ms) finds out;
+    only if the chain is there, one `iptables-nft-restore --noflush` removes it.
+    """
+    from .process import Child
+
+    tool = next((f"{d}/{_NFT_TOOLS[family]}" for d in _TOOL_DIRS
+                 if os.access(f"{d}/{_NFT_TOOLS[family]}", os.X_OK)), None)
+    if tool is None:
+        return
+    code, out = Child([tool, "-w", "-t", "nat", "-S"], {}, b"").wait()
+    rules = out.decode(errors="replace").splitlines()
+    if code != 0 or f"-N {chain}" not in rules:
+        return
+    script = ["*nat"]
+    script += ["-D" + rule[2:] for rule in rules
+               if rule.startswith("-A POSTROUTING ") and rule.endswith(f" -j {chain}")]
+    script += [f"-F {chain}", f"-X {chain}", "COMMIT", ""]
+    code, _ = Child([tool + "-restore", "-w", "--noflush"], {}, "\n".join(script).encode()).wait()
+    if code != 0:
+        raise _error(f"could not remove chain {chain} from the {_NFT_TOOLS[family]} backend "
+                     f"(exit {code})")
 
 
 def gc_masquerade(network: str, valid_container_ids: Iterable[str]) -> list[str]:

@@ -185,14 +185,15 @@ class Node:
 
     def env(self, verb: str, pod: str | None, *, cid: str | None = None, ifname: str = "eth0",
             netns: str | None = None, args: str | None = None, cni_path: Path | None = None,
-            go: bool = False) -> dict:
+            go: bool = False, go_iptables: str = "legacy") -> dict:
         env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cid or pod or "none",
                "CNI_NETNS": f"/run/netns/{pod}" if netns is None else netns,
                "CNI_IFNAME": ifname, "CNI_PATH": str(cni_path or self.bin)}
         if args is not None:
             env["CNI_ARGS"] = args
-        if go:  # the Go plugin execs `iptables`: the legacy one, as python-iptables drives
-            env["PATH"] = f"{self.legacy_path()}:/usr/sbin:/usr/bin:/sbin:/bin"
+        if go:  # the Go plugin execs `iptables`: the legacy one (python-iptables' backend)
+            path = "/usr/sbin:/usr/bin:/sbin:/bin"  # unless the host's own, nft, is wanted
+            env["PATH"] = path if go_iptables == "nft" else f"{self.legacy_path()}:{path}"
         return env
 
     def legacy_path(self) -> Path:
@@ -264,6 +265,12 @@ class Node:
 
     def cni_rules(self, family: int = 4) -> list[str]:
         return [line for line in self.nat(family) if "CNI-" in line]
+
+    def nft_cni_rules(self, family: int = 4) -> list[str]:
+        """CNI- chains and rules in the iptables-nft backend (where `iptables` writes here)."""
+        tool = "iptables-nft-save" if family == 4 else "ip6tables-nft-save"
+        out = in_ns(self.ns, tool, "-t", "nat").stdout.splitlines()
+        return [line for line in out if line[:1] in (":", "-") and "CNI-" in line]
 
     def leases(self, net: str = NET) -> dict[str, str]:
         d = self.data_dir / net
@@ -908,6 +915,25 @@ def test_ours_deletes_what_the_go_bridge_added(node):
     assert node.cni_rules(4) and node.cni_rules(6)
     node.cni("CHECK", conf, pod, prev=result).ok()
     node.cni("DEL", conf, pod, prev=result).ok()
+    node.assert_no_trace(pod)
+
+
+@needs_go
+@pytest.mark.parametrize("how", ["with prevResult", "empty CNI_NETNS, no prevResult"])
+def test_ours_deletes_what_the_go_bridge_added_with_the_hosts_nft_iptables(node, how):
+    """Debian 12's `iptables` is the nf_tables variant: that is where the Go bridge puts its
+    chain, and where our DEL (after switching plugins on a running node) must find it."""
+    conf = node.conf(isGateway=True, ipMasq=True,
+                     ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]])
+    pod = node.pod()
+    result = node.add(conf, pod, plugin=GO_BRIDGE, go_iptables="nft")
+    assert node.nft_cni_rules(4) and node.nft_cni_rules(6) and not node.cni_rules(4)
+    if how == "with prevResult":
+        node.cni("DEL", conf, pod, prev=result).ok()
+    else:
+        node.cni("DEL", conf, pod, netns="").ok()
+        sh(IP, "netns", "del", pod)
+    assert node.nft_cni_rules(4) == [] and node.nft_cni_rules(6) == []
     node.assert_no_trace(pod)
 
 

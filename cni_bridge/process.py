@@ -1,0 +1,47 @@
+"""Running a helper program (the IPAM plugin, iptables-nft): our bytes on its stdin, its
+stdout collected, its stderr passed through to the runtime's log.
+
+posix_spawn and pipes rather than the subprocess module, which costs ~10 ms to import.
+"""
+from __future__ import annotations
+
+import os
+
+
+class Child:
+    """One started process; `wait()` collects it."""
+
+    def __init__(self, argv: list[str], env: dict, stdin: bytes) -> None:
+        self.done = False
+        stdin_r, stdin_w = os.pipe()
+        stdout_r, stdout_w = os.pipe()
+        try:
+            self.pid = os.posix_spawn(argv[0], argv, env,
+                                      file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0),
+                                                    (os.POSIX_SPAWN_DUP2, stdout_w, 1)])
+        except OSError:
+            for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+                os.close(fd)
+            raise
+        os.close(stdin_r)
+        os.close(stdout_w)
+        self._stdout = stdout_r
+        try:
+            # What we send is far below a pipe's buffer; the child reads it first anyway.
+            view = memoryview(stdin)
+            while view:
+                view = view[os.write(stdin_w, view):]
+        except BrokenPipeError:
+            pass  # the child died early; wait() reports its exit
+        finally:
+            os.close(stdin_w)
+
+    def wait(self) -> tuple[int, bytes]:
+        """(exit code, everything it wrote to stdout)."""
+        chunks = []
+        while chunk := os.read(self._stdout, 65536):
+            chunks.append(chunk)
+        os.close(self._stdout)
+        _, status = os.waitpid(self.pid, 0)
+        self.done = True
+        return os.waitstatus_to_exitcode(status), b"".join(chunks)
