@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from cni_protocol.errors import CNIError, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE
+from cni_protocol.ip import fmt, parse_ip
 from cni_protocol.request import Request
 from .allocator import ALLOCATION_FAILED, Allocator
 from .config import IPAMConfig
 from .dns import parse_resolv_conf
-from cni_protocol.ip import fmt, parse_ip
 from .store import DiskStore
 
 LEASE_NOT_FOUND = 101  # ours: CHECK found no lease for the attachment
