@@ -3,15 +3,13 @@ ADD and DEL, in the reference's order. Everything ADD creates is undone if a lat
 """
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError, INVALID_CONFIG, INVALID_ENV
+from cni_protocol.errors import BRIDGE_FAILURE, CNIError, INVALID_CONFIG, INVALID_ENV
 from cni_protocol.ip import fmt, network, parse_cidr
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
 from . import addrs, ipam, links, masquerade, netns
 from .config import BridgeConfig
 from .netlink import AF_INET, AF_INET6, Netlink, NotFound
-
-BRIDGE_FAILURE = 102  # ours: a netlink, sysctl or iptables step failed; msg says which
 
 
 class _Undo:

@@ -3,13 +3,11 @@ the bridge, the pod's veth in its sandbox, the host veth that is its peer and a 
 bridge, the MACs, and the pod's addresses and routes."""
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError
+from cni_protocol.errors import CHECK_FAILED, CNIError
 from cni_protocol.request import Request
 from . import links
 from .config import BridgeConfig
 from .netlink import AF_INET, AF_INET6, Link, Netlink
-
-CHECK_FAILED = 103  # ours: the attachment differs from prevResult
 
 
 def _fail(msg: str) -> CNIError:

@@ -7,13 +7,11 @@ is in attach (ADD, DEL) and check (CHECK); masquerade does ipMasq and its GC.
 """
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError, INVALID_CONFIG, IO_FAILURE
+from cni_protocol.errors import BRIDGE_FAILURE, CNIError, INVALID_CONFIG, IO_FAILURE
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
 from . import ipam, masquerade
 from .config import KNOWN_ARGS, BridgeConfig
-
-BRIDGE_FAILURE = 102  # ours: a netlink, sysctl or iptables step failed; msg says which
 
 
 def cmd_add(req: Request) -> dict:

@@ -12,6 +12,10 @@ TRY_AGAIN_LATER = 11
 NOT_AVAILABLE = 50
 LIMITED_CONNECTIVITY = 51
 # Codes >= 100 are ours.
+ALLOCATION_FAILED = 100  # host-local: a requested address is taken, or a range set is exhausted
+LEASE_NOT_FOUND = 101    # host-local CHECK: no lease for the attachment
+BRIDGE_FAILURE = 102     # bridge: a netlink, sysctl or iptables step failed; msg says which
+CHECK_FAILED = 103       # bridge CHECK: the attachment differs from prevResult
 INTERNAL = 999  # an unexpected exception: a bug, reported as one line, never a traceback
 
 

@@ -7,11 +7,9 @@ its old address back until the set has gone round once.
 """
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError
+from cni_protocol.errors import ALLOCATION_FAILED, CNIError
 from cni_protocol.ip import fmt, parse_ip
 from .ranges import Range, RangeSet
-
-ALLOCATION_FAILED = 100  # ours: a requested address is taken, or the set is exhausted
 
 
 class Allocator:

@@ -1,15 +1,15 @@
 """host-local's verbs. Each one: load the config, open the store, one short step under its lock."""
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError, INVALID_CONFIG, IO_FAILURE, NOT_AVAILABLE
+from cni_protocol.errors import (ALLOCATION_FAILED, CNIError, INVALID_CONFIG, IO_FAILURE,
+                                 LEASE_NOT_FOUND, NOT_AVAILABLE)
 from cni_protocol.ip import fmt, parse_ip
 from cni_protocol.request import Request
-from .allocator import ALLOCATION_FAILED, Allocator
+from .allocator import Allocator
 from .config import IPAMConfig
 from .dns import parse_resolv_conf
 from .store import DiskStore
 
-LEASE_NOT_FOUND = 101  # ours: CHECK found no lease for the attachment
 KNOWN_ARGS = ("IP",)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cni_protocol.errors import CNIError
-from host_local_ipam.allocator import ALLOCATION_FAILED, Allocator
+from cni_protocol.errors import ALLOCATION_FAILED
+from host_local_ipam.allocator import Allocator
 from host_local_ipam.ranges import RangeSet
 from host_local_ipam.store import MemoryStore
 
