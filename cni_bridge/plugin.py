@@ -7,7 +7,8 @@ is in attach (ADD, DEL) and check (CHECK); masquerade does ipMasq and its GC.
 """
 from __future__ import annotations
 
-from cni_protocol.errors import BRIDGE_FAILURE, CNIError, INVALID_CONFIG, IO_FAILURE
+from cni_protocol.errors import (BRIDGE_FAILURE, CNIError, INVALID_CONFIG, IO_FAILURE,
+                                 TRY_AGAIN_LATER)
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
 from . import ipam, masquerade
@@ -86,6 +87,9 @@ def cmd_gc(req: Request) -> None:
         raise error
 
 
+_TRANSIENT = (11, 16, 4)  # EAGAIN, EBUSY, EINTR (a dump kept being interrupted): code 11
+
+
 def _as_cni_error(e: Exception) -> Exception:
     """Domain errors of the lower layers as the runtime should see them; anything else is a
     bug and stays as it is (the skel reports it as an internal error)."""
@@ -97,6 +101,8 @@ def _as_cni_error(e: Exception) -> Exception:
     from .netns import NetnsError
     if isinstance(e, (LinkError, masquerade.MasqueradeError, AddressConflict)):
         return CNIError(BRIDGE_FAILURE, str(e))
+    if isinstance(e, NetlinkError) and e.errno in _TRANSIENT:
+        return CNIError(TRY_AGAIN_LATER, f"netlink: {e}")
     if isinstance(e, (NetlinkError, NetnsError)):
         return CNIError(BRIDGE_FAILURE, f"netlink: {e}")
     if isinstance(e, OSError):
