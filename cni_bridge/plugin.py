@@ -7,6 +7,8 @@ is in attach (ADD, DEL) and check (CHECK); masquerade does ipMasq and its GC.
 """
 from __future__ import annotations
 
+import errno
+
 from cni_protocol.errors import (BRIDGE_FAILURE, CNIError, INVALID_CONFIG, IO_FAILURE,
                                  TRY_AGAIN_LATER)
 from cni_protocol.request import Request
@@ -87,7 +89,8 @@ def cmd_gc(req: Request) -> None:
         raise error
 
 
-_TRANSIENT = (11, 16, 4)  # EAGAIN, EBUSY, EINTR (a dump kept being interrupted): code 11
+# Worth a retry by the runtime (code 11); EINTR: a netlink dump kept being interrupted.
+_TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR)
 
 
 def _as_cni_error(e: Exception) -> Exception:
