@@ -13,7 +13,7 @@ from cni_protocol.errors import (BRIDGE_FAILURE, CNIError, INVALID_CONFIG, IO_FA
                                  TRY_AGAIN_LATER)
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
-from . import ipam, masquerade
+from . import ipam
 from .config import KNOWN_ARGS, BridgeConfig
 
 
@@ -21,7 +21,7 @@ def cmd_add(req: Request) -> dict:
     cfg = BridgeConfig(req)
     cfg.refuse_unsupported()
     call = ipam.start(cfg.ipam_type, "ADD", req) if cfg.ipam_type else None
-    iptc_loaded = masquerade.preload() if cfg.ip_masq and call else None
+    iptc_loaded = _preload_iptc() if cfg.ip_masq and call else None
     try:
         from .attach import add
         return add(req, cfg, call, iptc_loaded)
@@ -32,7 +32,7 @@ def cmd_add(req: Request) -> dict:
 def cmd_del(req: Request) -> None:
     cfg = BridgeConfig(req)
     call = ipam.start(cfg.ipam_type, "DEL", req) if cfg.ipam_type else None
-    iptc_loaded = masquerade.preload() if cfg.ip_masq and call else None
+    iptc_loaded = _preload_iptc() if cfg.ip_masq and call else None
     try:
         from .attach import delete
         delete(req, cfg, iptc_loaded)
@@ -77,6 +77,7 @@ def cmd_gc(req: Request) -> None:
         raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
                        "a list of {containerID, ifname}")
     call = ipam.start(cfg.ipam_type, "GC", req) if cfg.ipam_type else None
+    from . import masquerade
     error = None
     try:
         masquerade.gc_masquerade(req.network, {a.get("containerID") for a in valid
@@ -93,6 +94,12 @@ def cmd_gc(req: Request) -> None:
 _TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR)
 
 
+def _preload_iptc():
+    """masquerade.preload(); the module is imported only by the verbs that masquerade."""
+    from . import masquerade
+    return masquerade.preload()
+
+
 def _as_cni_error(e: Exception) -> Exception:
     """Domain errors of the lower layers as the runtime should see them; anything else is a
     bug and stays as it is (the skel reports it as an internal error)."""
@@ -100,9 +107,10 @@ def _as_cni_error(e: Exception) -> Exception:
         return e
     from .addrs import AddressConflict
     from .links import LinkError
+    from .masquerade import MasqueradeError
     from .netlink import NetlinkError
     from .netns import NetnsError
-    if isinstance(e, (LinkError, masquerade.MasqueradeError, AddressConflict)):
+    if isinstance(e, (LinkError, MasqueradeError, AddressConflict)):
         return CNIError(BRIDGE_FAILURE, str(e))
     if isinstance(e, NetlinkError) and e.errno in _TRANSIENT:
         return CNIError(TRY_AGAIN_LATER, f"netlink: {e}")
