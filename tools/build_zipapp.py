@@ -85,18 +85,24 @@ def main() -> None:
 
 
 def prune(app: str, root: str) -> None:
-    """Remove <root>/<name>_<id> extractions whose build id is not the installed app's."""
+    """Remove <root>/<name>_<id> extractions of builds older than the previous one.
+
+    The previous build's stays: a plugin started just before the install may still be
+    running from it, and imports its modules lazily.
+    """
     with zipfile.ZipFile(app) as archive:
         build_id = json.loads(archive.read("environment.json"))["build_id"]
     name = os.path.basename(os.path.realpath(app))
     if not os.path.isdir(root):
         return
-    for entry in os.listdir(root):
-        stem = entry.lstrip(".")
-        if stem.startswith(f"{name}_") and build_id not in stem:
-            path = os.path.join(root, entry)
-            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
-
+    others = [os.path.join(root, entry) for entry in os.listdir(root)
+              if entry.startswith(f"{name}_") and build_id not in entry]
+    others.sort(key=os.path.getmtime)
+    for path in others[:-1]:
+        shutil.rmtree(path, ignore_errors=True)
+        lock = os.path.join(root, f".{os.path.basename(path)}_lock")
+        if os.path.exists(lock):
+            os.unlink(lock)
 
 if __name__ == "__main__":
     main()
