@@ -791,40 +791,48 @@ def teardown_masquerade(network: str, container_id: str, ips: Addresses | None =
     for family in families:
         if _nat_table_exists(family):
             _in_nat_table(family, lambda nat: _remove_chains(nat, {chain}))
+    def exists(rules: list[str]) -> set[str]:
+        return {chain} if f"-N {chain}" in rules else set()
+
     for family in families:
-        _teardown_in_nft_backend(family, chain)
+        _remove_from_nft_backend(family, exists)
 
 
 _NFT_TOOLS = {4: "iptables-nft", 6: "ip6tables-nft"}
 _TOOL_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")  # runtimes may give us no PATH
 
 
-def _teardown_in_nft_backend(family: int, chain: str) -> None:
-    """Remove the chain and its jumps from the iptables-nft backend too.
+def _remove_from_nft_backend(family: int, select) -> list[str]:
+    """Remove the chains that `select(rules)` picks, and the POSTROUTING jumps to them, from
+    the iptables-nft backend; return their names.
 
-    That is where the reference bridge put them on a host whose `iptables` is the nf_tables
-    variant (Debian 12's default), so our DEL also cleans up pods that the Go plugin added,
-    as after switching plugins on a running node. One `iptables-nft -S` (~1 ms) finds out;
-    only if the chain is there, one `iptables-nft-restore --noflush` removes it.
+    That is where the reference bridge puts them on a host whose `iptables` is the nf_tables
+    variant (Debian 12's default), so our DEL and GC also clean up pods that the Go plugin
+    added, as after switching plugins on a running node. One `iptables-nft -S` (~1 ms) finds
+    out; only if there is something to remove, one `iptables-nft-restore --noflush` does it.
     """
     from .process import Child
 
     tool = next((f"{d}/{_NFT_TOOLS[family]}" for d in _TOOL_DIRS
                  if os.access(f"{d}/{_NFT_TOOLS[family]}", os.X_OK)), None)
     if tool is None:
-        return
+        return []
     code, out = Child([tool, "-w", "-t", "nat", "-S"], {}, b"").wait()
     rules = out.decode(errors="replace").splitlines()
-    if code != 0 or f"-N {chain}" not in rules:
-        return
+    chains = select(rules) if code == 0 else set()
+    if not chains:
+        return []
     script = ["*nat"]
     script += ["-D" + rule[2:] for rule in rules
-               if rule.startswith("-A POSTROUTING ") and rule.endswith(f" -j {chain}")]
-    script += [f"-F {chain}", f"-X {chain}", "COMMIT", ""]
+               if rule.startswith("-A POSTROUTING ") and rule.rsplit(" -j ", 1)[-1] in chains]
+    for chain in sorted(chains):
+        script += [f"-F {chain}", f"-X {chain}"]
+    script += ["COMMIT", ""]
     code, _ = Child([tool + "-restore", "-w", "--noflush"], {}, "\n".join(script).encode()).wait()
     if code != 0:
-        raise _error(f"could not remove chain {chain} from the {_NFT_TOOLS[family]} backend "
-                     f"(exit {code})")
+        raise _error(f"could not remove {', '.join(sorted(chains))} from the "
+                     f"{_NFT_TOOLS[family]} backend (exit {code})")
+    return sorted(chains)
 
 
 def gc_masquerade(network: str, valid_container_ids: Iterable[str]) -> list[str]:
@@ -856,9 +864,22 @@ def gc_masquerade(network: str, valid_container_ids: Iterable[str]) -> list[str]
                 victims.add(chain)
         return bool(victims) and _remove_chains(nat, victims)
 
+    def stale_in_nft_backend(rules: list[str]) -> set[str]:
+        """The same test on `iptables-nft -S` lines, which quote the comment's quotes."""
+        marker = prefix.replace('"', '\\"')
+        stale = set()
+        for rule in rules:
+            if rule.startswith(f"-A {_CHAIN_PREFIX}") and f'--comment "{marker}' in rule:
+                chain = rule.split(" ", 2)[1]
+                container_id = rule.split(marker, 1)[1].split('\\"', 1)[0]
+                if container_id not in valid and chain_name(network, container_id) == chain:
+                    stale.add(chain)
+        return stale
+
     removed: list[str] = []
     for family in (4, 6):
         if _nat_table_exists(family):
             _in_nat_table(family, work)
             removed.extend(sorted(victims))
+        removed.extend(_remove_from_nft_backend(family, stale_in_nft_backend))
     return removed

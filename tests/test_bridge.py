@@ -763,6 +763,25 @@ def test_gc_removes_the_leases_and_chains_of_stale_attachments(node):
         [f":{chain_name(other_pod, 'othernet')} - [0:0]"]
 
 
+@needs_go
+def test_gc_also_removes_stale_chains_the_go_bridge_put_in_the_nft_backend(node):
+    """The Go bridge added these with the host's (nft) iptables; our GC collects the stale one."""
+    conf = node.conf("1.0.0", isGateway=True, ipMasq=True)
+    keep, stale = node.pod(), node.pod()
+    for pod in (keep, stale):
+        node.add(conf, pod, plugin=GO_BRIDGE, go_iptables="nft")
+    other = node.pod()  # another network's chain, same comment format: not ours to collect
+    node.add(dict(conf, name="othernet"), other, plugin=GO_BRIDGE, go_iptables="nft")
+    gc = dict(conf, cniVersion="1.1.0",
+              **{"cni.dev/valid-attachments": [{"containerID": keep, "ifname": "eth0"}]})
+    node.cni("GC", gc).ok()
+    text = "\n".join(node.nft_cni_rules(4))
+    assert chain_name(keep) in text and chain_name(other, "othernet") in text
+    assert chain_name(stale) not in text
+    assert not any(line.startswith("-A POSTROUTING") and chain_name(stale) in line
+                   for line in node.nft_cni_rules(4))
+
+
 # --- connectivity ------------------------------------------------------------------------------
 
 def test_pods_ping_each_other_and_the_gateway(node):
