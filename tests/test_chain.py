@@ -1,6 +1,6 @@
 """Our bridge first in a chain with the reference Go portmap, driven as libcni drives a list.
 
-conf/10-bridge-portmap.conflist: ADD runs bridge then portmap, which gets the bridge's result as
+conf/20-bridge-portmap.conflist: ADD runs bridge then portmap, which gets the bridge's result as
 prevResult and the port mapping as runtimeConfig (it declares the portMappings capability). A
 client in another namespace reaches the pod through the node's host port. DEL runs portmap then
 bridge, each with the cached result, and must leave no rule, lease or veth of the pod.
@@ -67,7 +67,7 @@ def chain(zipapp, tmp_path):
 
 def test_bridge_then_portmap_publishes_a_port_and_del_cleans_up(chain, tmp_path):
     names, bin_dir = chain
-    conflist = json.loads((ROOT / "conf" / "10-bridge-portmap.conflist").read_text())
+    conflist = json.loads((ROOT / "conf" / "20-bridge-portmap.conflist").read_text())
     conflist["plugins"][0]["ipam"]["dataDir"] = str(tmp_path / "ipam")
     cid = names["pod"]
     invoke = dict(plugin_dir=bin_dir, runtime_ns=names["node"], container_id=cid,
@@ -99,6 +99,6 @@ def test_bridge_then_portmap_publishes_a_port_and_del_cleans_up(chain, tmp_path)
         leftovers = [line for line in rules.splitlines() if pod_ip in line or cid in line]
         assert not leftovers, f"{tool} after DEL: {leftovers}"
     assert not kthw.ip_json(names["node"], "link", "show", "master", "cnio0")
-    leases = [f.name for f in (tmp_path / "ipam" / "bridge").iterdir()
+    leases = [f.name for f in (tmp_path / "ipam" / conflist["name"]).iterdir()
               if f.name != "lock" and not f.name.startswith("last_reserved_ip")]
     assert not leases
