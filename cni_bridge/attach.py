@@ -7,7 +7,7 @@ from cni_protocol.errors import BRIDGE_FAILURE, CNIError, INVALID_CONFIG, INVALI
 from cni_protocol.ip import fmt, network, parse_cidr
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
-from . import addrs, ipam, links, masquerade, netns
+from . import addrs, ipam, links, netns
 from .config import BridgeConfig
 from .netlink import AF_INET, AF_INET6, Netlink, NotFound
 
@@ -74,6 +74,7 @@ def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, iptc_loaded, undo: 
         if cfg.is_gateway:
             _configure_gateways(cfg, nl, bridge, gateways, result)
         if cfg.ip_masq:
+            from . import masquerade
             iptc_loaded()
             undo.push(lambda: masquerade.teardown_masquerade(req.network, req.container_id))
             masquerade.setup_masquerade(req.network, req.container_id,
@@ -207,14 +208,28 @@ def _delete_link(nl: Netlink, index: int) -> None:
 
 
 def delete(req: Request, cfg: BridgeConfig, iptc_loaded) -> None:
-    """DEL of our part; idempotent: whatever is already gone is skipped. With no netns
-    (containerd's ctr, a second DEL) the masquerade chain is still removed, found from
-    prevResult or by its name, which the reference does not do (its issue #810)."""
+    """DEL, idempotent: whatever is already gone is skipped. The pod's interface goes first,
+    then the lease, as in the reference, so that the address is not handed out again while
+    the pod still holds it; the masquerade teardown runs while the IPAM plugin does. With no
+    netns (containerd's ctr, a second DEL) the chain is still removed, found from prevResult
+    or by its name, which the reference does not do (its issue #810)."""
     pod_addrs = links.del_pod_link(req.netns, req.ifname) if req.netns else []
-    if iptc_loaded is not None:
-        ips = [a.cidr for a in pod_addrs] or _prev_ips(req)
-        iptc_loaded()
-        masquerade.teardown_masquerade(req.network, req.container_id, ips or None)
+    call = ipam.start(cfg.ipam_type, "DEL", req) if cfg.ipam_type else None
+    try:
+        if iptc_loaded is not None:
+            from . import masquerade
+            ips = [a.cidr for a in pod_addrs] or _prev_ips(req)
+            iptc_loaded()
+            masquerade.teardown_masquerade(req.network, req.container_id, ips or None)
+    except BaseException:
+        if call is not None:
+            try:
+                call.wait()  # the lease goes all the same; our own error is the one to report
+            except CNIError:
+                pass
+        raise
+    if call is not None:
+        call.wait()
 
 
 def _prev_ips(req: Request) -> list[str]:

@@ -12,31 +12,26 @@ _HEX = frozenset("0123456789abcdef")
 
 
 class BridgeConfig:
+    """What every verb reads. Checks that only matter when an attachment is made are in
+    validate_for_add: DEL must clean up even after an ADD that a bad conf made fail, as the
+    reference's DEL does (it only decodes the conf)."""
+
     __slots__ = ("bridge", "is_gateway", "is_default_gateway", "force_address", "ip_masq",
                  "mtu", "hairpin_mode", "promisc_mode", "vlan", "vlan_trunk",
                  "preserve_default_vlan", "enable_dad", "port_isolation",
                  "disable_container_interface", "macspoofchk", "ip_masq_backend", "ipam_type",
-                 "dns", "mac")
+                 "dns", "mac", "mac_key")
 
     def __init__(self, req: Request) -> None:
         conf = req.conf
         self.bridge = _get(conf, "bridge", str, DEFAULT_BRIDGE)
-        try:
-            check_ifname(self.bridge)
-        except CNIError as e:
-            raise config_error("bridge", e.msg.split(": ", 1)[-1], self.bridge) from None
         self.is_default_gateway = _get(conf, "isDefaultGateway", bool, False)
         self.is_gateway = _get(conf, "isGateway", bool, False) or self.is_default_gateway
         self.force_address = _get(conf, "forceAddress", bool, False)
         self.ip_masq = _get(conf, "ipMasq", bool, False)
         self.mtu = _get(conf, "mtu", int, 0)
-        if self.mtu < 0:
-            raise config_error("mtu", "must not be negative", self.mtu)
         self.hairpin_mode = _get(conf, "hairpinMode", bool, False)
         self.promisc_mode = _get(conf, "promiscMode", bool, False)
-        if self.hairpin_mode and self.promisc_mode:
-            raise config_error("hairpinMode", "cannot set hairpin mode and promiscuous mode "
-                               "(promiscMode) at the same time")
         self.vlan = _get(conf, "vlan", int, 0)
         if not 0 <= self.vlan <= 4094:
             raise config_error("vlan", f"invalid VLAN ID {self.vlan} (must be between 0 and 4094)",
@@ -50,24 +45,35 @@ class BridgeConfig:
         self.disable_container_interface = _get(conf, "disableContainerInterface", bool, False)
         self.macspoofchk = _get(conf, "macspoofchk", bool, False)
         self.ip_masq_backend = _get(conf, "ipMasqBackend", str, "iptables")
-        if self.ip_masq_backend not in ("iptables", "nftables"):
-            raise config_error("ipMasqBackend", 'must be "iptables" or "nftables"',
-                               self.ip_masq_backend)
         ipam = conf.get("ipam") or {}
         if not isinstance(ipam, dict):
             raise config_error("ipam", "must be an object", ipam)
         self.ipam_type = _get(ipam, "type", str, "", key="ipam.type")
         if self.ipam_type and ("/" in self.ipam_type or self.ipam_type in (".", "..")):
             raise config_error("ipam.type", "must be a plugin name, not a path", self.ipam_type)
+        self.dns = _dns_override(conf.get("dns"))
+        self.mac, self.mac_key = _requested_mac(req)
+
+    def validate_for_add(self) -> None:
+        """Code 7 for values an attachment cannot be made with, code 2 for keys of the
+        reference we do not implement yet. ADD and CHECK call it."""
+        try:
+            check_ifname(self.bridge)
+        except CNIError as e:
+            raise config_error("bridge", e.msg.split(": ", 1)[-1], self.bridge) from None
+        if self.mtu < 0:
+            raise config_error("mtu", "must not be negative", self.mtu)
+        if self.hairpin_mode and self.promisc_mode:
+            raise config_error("hairpinMode", "cannot set hairpin mode and promiscuous mode "
+                               "(promiscMode) at the same time")
         if self.disable_container_interface and self.ipam_type:
             raise config_error("disableContainerInterface",
                                "cannot use IPAM when disableContainerInterface is set")
-        self.dns = _dns_override(conf.get("dns"))
-        self.mac = _mac(req)
-
-    def refuse_unsupported(self) -> None:
-        """Code 2 for keys of the reference we do not implement yet. Only ADD and CHECK
-        refuse them: DEL must still clean up whatever an attachment left."""
+        if self.ip_masq_backend not in ("iptables", "nftables"):
+            raise config_error("ipMasqBackend", 'must be "iptables" or "nftables"',
+                               self.ip_masq_backend)
+        if self.mac:
+            self.mac = _canonical_mac(self.mac, self.mac_key)
         if self.macspoofchk:
             raise CNIError(UNSUPPORTED_FIELD, "unsupported field: macspoofchk: true is not "
                            "implemented by this bridge plugin", "macspoofchk=true")
@@ -130,8 +136,8 @@ def _dns_override(dns: object) -> dict:
     return {k: dns[k] for k in ("nameservers", "domain", "search", "options") if dns.get(k)}
 
 
-def _mac(req: Request) -> str:
-    """CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac (capability "mac")."""
+def _requested_mac(req: Request) -> tuple[str, str]:
+    """(MAC, where it came from): CNI_ARGS MAC < args.cni.mac < runtimeConfig.mac."""
     mac, key = req.args.get("MAC", ""), "CNI_ARGS MAC"
     args = req.conf.get("args")
     cni_args = args.get("cni") if isinstance(args, dict) else None
@@ -139,9 +145,12 @@ def _mac(req: Request) -> str:
         mac, key = cni_args["mac"], "args.cni.mac"
     if req.runtime_config.get("mac"):
         mac, key = req.runtime_config["mac"], "runtimeConfig.mac"
-    if not mac:
-        return ""
-    octets = str(mac).lower().split(":")
+    return str(mac), key
+
+
+def _canonical_mac(mac: str, key: str) -> str:
+    """aa:bb:cc:dd:ee:ff, from that or AA-BB-CC-DD-EE-FF (as Go's net.ParseMAC reads them)."""
+    octets = mac.lower().replace("-", ":").split(":")
     if len(octets) != 6 or any(len(o) != 2 or not set(o) <= _HEX for o in octets):
         raise config_error(key, "is not a MAC address like 0a:58:0a:f4:00:02", mac)
     if int(octets[0], 16) & 1:

@@ -817,7 +817,9 @@ def _remove_from_nft_backend(family: int, select) -> list[str]:
                  if os.access(f"{d}/{_NFT_TOOLS[family]}", os.X_OK)), None)
     if tool is None:
         return []
-    code, out = Child([tool, "-w", "-t", "nat", "-S"], {}, b"").wait()
+    # Its stderr joins stdout: a warning about legacy tables on every call is noise in the
+    # runtime's log, and only the -N/-A lines count here.
+    code, out = Child([tool, "-w", "-t", "nat", "-S"], {}, b"", stderr_to_stdout=True).wait()
     rules = out.decode(errors="replace").splitlines()
     chains = select(rules) if code == 0 else set()
     if not chains:
@@ -828,10 +830,12 @@ def _remove_from_nft_backend(family: int, select) -> list[str]:
     for chain in sorted(chains):
         script += [f"-F {chain}", f"-X {chain}"]
     script += ["COMMIT", ""]
-    code, _ = Child([tool + "-restore", "-w", "--noflush"], {}, "\n".join(script).encode()).wait()
+    code, out = Child([tool + "-restore", "-w", "--noflush"], {}, "\n".join(script).encode(),
+                      stderr_to_stdout=True).wait()
     if code != 0:
+        said = " ".join(out.decode(errors="replace").split())
         raise _error(f"could not remove {', '.join(sorted(chains))} from the "
-                     f"{_NFT_TOOLS[family]} backend (exit {code})")
+                     f"{_NFT_TOOLS[family]} backend (exit {code}): {said}")
     return sorted(chains)
 
 

@@ -2,7 +2,8 @@
 
 Each verb reads the conf, starts its IPAM delegate (a process of its own) and only then
 imports the modules that do its work (~6 ms), so the IPAM plugin runs meanwhile. ADD and DEL
-with ipMasq also load python-iptables in a background thread from the start. The work itself
+with ipMasq also load python-iptables in a background thread from the start (DEL starts
+its IPAM plugin only once the pod's interface is gone, as the reference does). The work itself
 is in attach (ADD, DEL) and check (CHECK); masquerade does ipMasq and its GC.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .config import KNOWN_ARGS, BridgeConfig
 
 def cmd_add(req: Request) -> dict:
     cfg = BridgeConfig(req)
-    cfg.refuse_unsupported()
+    cfg.validate_for_add()
     call = ipam.start(cfg.ipam_type, "ADD", req) if cfg.ipam_type else None
     iptc_loaded = _preload_iptc() if cfg.ip_masq and call else None
     try:
@@ -31,22 +32,17 @@ def cmd_add(req: Request) -> dict:
 
 def cmd_del(req: Request) -> None:
     cfg = BridgeConfig(req)
-    call = ipam.start(cfg.ipam_type, "DEL", req) if cfg.ipam_type else None
-    iptc_loaded = _preload_iptc() if cfg.ip_masq and call else None
+    iptc_loaded = _preload_iptc() if cfg.ip_masq and cfg.ipam_type else None
     try:
         from .attach import delete
         delete(req, cfg, iptc_loaded)
     except Exception as e:
-        if call is not None:
-            call.wait()  # release the lease even though our own part failed
         raise _as_cni_error(e) from None
-    if call is not None:
-        call.wait()
 
 
 def cmd_check(req: Request) -> None:
     cfg = BridgeConfig(req)
-    cfg.refuse_unsupported()
+    cfg.validate_for_add()
     if not isinstance(req.conf.get("prevResult"), dict):
         raise CNIError(INVALID_CONFIG, "Required prevResult missing")
     prev = upgrade(req.conf["prevResult"])
@@ -72,16 +68,12 @@ def cmd_gc(req: Request) -> None:
     """IPAM GC, then the masquerade chains of attachments the runtime no longer knows.
     Best effort: both run, the first error is reported."""
     cfg = BridgeConfig(req)
-    valid = req.conf.get("cni.dev/valid-attachments", req.conf.get("cni.dev/attachments"))
-    if not isinstance(valid, list):
-        raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
-                       "a list of {containerID, ifname}")
+    container_ids = {container_id for container_id, _ in req.valid_attachments()}
     call = ipam.start(cfg.ipam_type, "GC", req) if cfg.ipam_type else None
     from . import masquerade
     error = None
     try:
-        masquerade.gc_masquerade(req.network, {a.get("containerID") for a in valid
-                                               if isinstance(a, dict)})
+        masquerade.gc_masquerade(req.network, container_ids)
     except masquerade.MasqueradeError as e:
         error = _as_cni_error(e)
     if call is not None:

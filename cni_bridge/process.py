@@ -1,5 +1,5 @@
 """Running a helper program (the IPAM plugin, iptables-nft): our bytes on its stdin, its
-stdout collected, its stderr passed through to the runtime's log.
+stdout collected, its stderr passed through to the runtime's log or collected with stdout.
 
 posix_spawn and pipes rather than the subprocess module, which costs ~10 ms to import.
 """
@@ -11,14 +11,16 @@ import os
 class Child:
     """One started process; `wait()` collects it."""
 
-    def __init__(self, argv: list[str], env: dict, stdin: bytes) -> None:
+    def __init__(self, argv: list[str], env: dict, stdin: bytes,
+                 stderr_to_stdout: bool = False) -> None:
         self.done = False
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
+        actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0), (os.POSIX_SPAWN_DUP2, stdout_w, 1)]
+        if stderr_to_stdout:
+            actions.append((os.POSIX_SPAWN_DUP2, stdout_w, 2))
         try:
-            self.pid = os.posix_spawn(argv[0], argv, env,
-                                      file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0),
-                                                    (os.POSIX_SPAWN_DUP2, stdout_w, 1)])
+            self.pid = os.posix_spawn(argv[0], argv, env, file_actions=actions)
         except OSError:
             for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
                 os.close(fd)

@@ -98,6 +98,23 @@ class Request:
     def network(self) -> str:
         return self.conf["name"]
 
+    def valid_attachments(self) -> set[tuple[str, str]]:
+        """GC's cni.dev/valid-attachments (or libcni's misspelt alias cni.dev/attachments) as
+        (containerID, ifname) pairs. A malformed entry refuses the GC: guessing could release
+        an attachment that is in use."""
+        valid = self.conf.get("cni.dev/valid-attachments", self.conf.get("cni.dev/attachments"))
+        if not isinstance(valid, list):
+            raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
+                           "a list of {containerID, ifname}; an empty list releases everything")
+        pairs = set()
+        for entry in valid:
+            if not (isinstance(entry, dict) and isinstance(entry.get("containerID"), str)
+                    and isinstance(entry.get("ifname", ""), str)):
+                raise CNIError(INVALID_CONFIG, "invalid cni.dev/valid-attachments entry",
+                               f"{entry!r} is not {{\"containerID\": str, \"ifname\": str}}")
+            pairs.add((entry["containerID"], entry.get("ifname", "")))
+        return pairs
+
     @property
     def runtime_config(self) -> dict:
         value = self.conf.get("runtimeConfig")

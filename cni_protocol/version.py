@@ -30,8 +30,8 @@ def negotiate(conf: dict) -> str:
         if not ours:
             raise incompatible(str(conf["cniVersions"]))
         return max(ours, key=parse)
-    if version is None:
-        return "0.1.0"
+    if version is None or version == "":
+        return "0.1.0"  # as the reference decodes an empty one too
     if not isinstance(version, str):
         raise CNIError(INVALID_CONFIG, "invalid cniVersion: must be a string",
                        f"cniVersion is {version!r}")
@@ -41,8 +41,9 @@ def negotiate(conf: dict) -> str:
 
 
 def incompatible(version: str) -> CNIError:
+    supported = " ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
     return CNIError(INCOMPATIBLE_VERSION, "incompatible CNI versions",
-                    f'config is "{version}", plugin supports {list(SUPPORTED_VERSIONS)}')
+                    f'config is "{version}", plugin supports [{supported}]')
 
 
 def require(version: str, minimum: str, verb: str) -> None:

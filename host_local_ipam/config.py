@@ -45,12 +45,12 @@ def _routes(routes: object) -> list:
             raise config_error(f"ipam.routes[{i}].dst", "is required (a CIDR)", route)
         try:
             parse_cidr(route["dst"])
-            if "gw" in route:
+            if route.get("gw") is not None:
                 parse_ip(route["gw"])
         except (ValueError, AttributeError):
             raise config_error(f"ipam.routes[{i}]", "dst must be a CIDR and gw an IP",
                                route) from None
-    return routes
+    return [{k: v for k, v in route.items() if v is not None} for route in routes]
 
 
 def _range_sets(req: Request, ipam: dict) -> list[RangeSet]:
@@ -92,7 +92,7 @@ def _requested_ips(req: Request) -> list[tuple[int, int]]:
     if req.runtime_config.get("ips"):
         wanted += [("runtimeConfig.ips", ip)
                    for ip in _list(req.runtime_config["ips"], "runtimeConfig.ips")]
-    out = []
+    out: list[tuple[int, int]] = []
     for key, ip in wanted:
         try:
             out.append(parse_ip(str(ip).split("/", 1)[0]))
@@ -101,7 +101,7 @@ def _requested_ips(req: Request) -> list[tuple[int, int]]:
                 raise CNIError(INVALID_ENV, f"invalid CNI_ARGS: IP: cannot understand ip {ip!r}",
                                f"IP={req.args['IP']!r}") from None
             raise config_error(key, f"cannot understand ip {ip!r}", ip) from None
-    return out
+    return list(dict.fromkeys(out))  # the same address asked for twice is one request
 
 
 def _list(value: object, key: str) -> list:

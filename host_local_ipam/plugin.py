@@ -1,8 +1,8 @@
 """host-local's verbs. Each one: load the config, open the store, one short step under its lock."""
 from __future__ import annotations
 
-from cni_protocol.errors import (ALLOCATION_FAILED, CNIError, INVALID_CONFIG, IO_FAILURE,
-                                 LEASE_NOT_FOUND, NOT_AVAILABLE)
+from cni_protocol.errors import (ALLOCATION_FAILED, CNIError, IO_FAILURE, LEASE_NOT_FOUND,
+                                 NOT_AVAILABLE)
 from cni_protocol.ip import fmt, parse_ip
 from cni_protocol.request import Request
 from .allocator import Allocator
@@ -64,11 +64,7 @@ def cmd_check(req: Request) -> None:
 
 def cmd_gc(req: Request) -> None:
     """Release every lease whose attachment the runtime no longer knows (spec 1.1.0 GC)."""
-    valid = req.conf.get("cni.dev/valid-attachments", req.conf.get("cni.dev/attachments"))
-    if not isinstance(valid, list):
-        raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
-                       "a list of {containerID, ifname}; an empty list releases everything")
-    attachments = {(a.get("containerID"), a.get("ifname")) for a in valid if isinstance(a, dict)}
+    attachments = req.valid_attachments()
     container_ids = {cid for cid, _ in attachments}
     _, store = _open(req)
     with store.lock():

@@ -537,6 +537,24 @@ def test_mac_request_and_precedence(node, cni_args, args, runtime, expected):
     assert result["interfaces"][2]["mac"] == expected
 
 
+def test_a_mac_with_dashes_is_read_as_go_reads_it(node):
+    pod = node.pod()
+    node.add(node.conf(runtimeConfig={"mac": "0A-58-0A-16-00-DD"}), pod)
+    assert node.link("eth0", pod)["address"] == "0a:58:0a:16:00:dd"
+
+
+@pytest.mark.parametrize("keys", [{"promiscMode": True, "hairpinMode": True},
+                                  {"runtimeConfig": {"mac": "zz"}}], ids=["promisc+hairpin", "bad-mac"])
+def test_del_of_a_conf_that_add_refuses_succeeds(node, keys):
+    """After a failed ADD the runtime sends DEL with the same conf: it must not fail too."""
+    pod = node.pod()
+    conf = node.conf(isGateway=True, ipMasq=True, **keys)
+    assert node.cni("ADD", conf, pod).error["code"] == 7
+    node.cni("DEL", conf, pod).ok()
+    node.cni("DEL", conf, pod, netns="").ok()
+    node.assert_no_trace(pod)
+
+
 def test_dns_in_the_conf_overrides_what_ipam_returns(node, tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\nsearch ipam.example\n")
@@ -711,6 +729,20 @@ def test_del_without_the_pod_netns_still_releases_everything(node, netns, with_p
         node.cni("DEL", conf, pod, prev=prev, netns="").ok()
         sh(IP, "netns", "del", pod)  # what the runtime does next
     node.assert_no_trace()
+
+
+def test_del_keeps_the_lease_when_the_pod_interface_cannot_be_deleted(node, tmp_path):
+    """The lease goes only after the pod's interface, as in the reference: otherwise the
+    address could be handed out while the pod still holds it."""
+    pod = node.pod()
+    conf = node.conf(isGateway=True)
+    node.add(conf, pod)
+    not_a_netns = tmp_path / "not-a-netns"
+    not_a_netns.write_text("")
+    assert node.cni("DEL", conf, pod, netns=str(not_a_netns)).error["code"] == 102
+    assert len(node.leases()) == 1
+    node.cni("DEL", conf, pod).ok()
+    node.assert_no_trace(pod)
 
 
 def test_version(node):

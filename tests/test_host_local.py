@@ -569,6 +569,19 @@ def test_requested_ips_of_both_families(ours, tmp_path):
     assert ips(ours.run("ADD", conf)) == ["10.1.2.80/24", "2001:db8:1::80/64"]
 
 
+def test_the_same_ip_requested_from_every_source_is_one_request(ours, tmp_path):
+    """One address asked for from several sources is one request (Debian's Go 1.1.1 fails)."""
+    conf = netconf(tmp_path, args={"cni": {"ips": ["10.1.2.9"]}},
+                   runtimeConfig={"ips": ["10.1.2.9/24"]})
+    assert ips(ours.run("ADD", conf, args="IP=10.1.2.9")) == ["10.1.2.9/24"]
+    assert leases(tmp_path / "testnet") == {"10.1.2.9": lease("c1")}
+
+
+def test_a_route_with_a_null_gateway_has_none(ours, tmp_path):
+    conf = netconf(tmp_path, routes=[{"dst": "0.0.0.0/0", "gw": None}])
+    assert ok(ours.run("ADD", conf))["routes"] == [{"dst": "0.0.0.0/0"}]
+
+
 def test_requested_gateway_is_refused(ours, tmp_path):
     error(ours.run("ADD", netconf(tmp_path), args="IP=10.1.2.1"), 100,
           "requested ip 10.1.2.1 is subnet's gateway", "1.0.0")
@@ -679,6 +692,14 @@ def test_gc_without_the_attachment_list_releases_nothing(ours, tmp_path):
     conf = netconf(tmp_path, version="1.1.0")
     ok(ours.run("ADD", conf))
     error(ours.run("GC", conf), 7, "GC needs cni.dev/valid-attachments", "1.1.0")
+    assert leases(tmp_path / "testnet") == {"10.1.2.2": lease("c1")}
+
+
+def test_gc_with_a_malformed_attachment_releases_nothing(ours, tmp_path):
+    conf = netconf(tmp_path, version="1.1.0")
+    ok(ours.run("ADD", conf))
+    bad = {"cni.dev/valid-attachments": [{"containerID": ["c1"], "ifname": "eth0"}]}
+    error(ours.run("GC", dict(conf, **bad)), 7, "invalid cni.dev/valid-attachments entry", "1.1.0")
     assert leases(tmp_path / "testnet") == {"10.1.2.2": lease("c1")}
 
 

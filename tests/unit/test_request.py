@@ -176,14 +176,18 @@ def test_negotiate(conf, expected):
 
 
 @pytest.mark.parametrize("conf", [{"cniVersion": "0.5.0"}, {"cniVersion": "1.0"},
-                                  {"cniVersion": "1.2.0"}, {"cniVersion": ""},
+                                  {"cniVersion": "1.2.0"},
                                   {"cniVersions": ["9.9.9"]}, {"cniVersions": []}])
 def test_negotiate_incompatible_is_code_1(conf):
     with pytest.raises(CNIError) as e:
         versions.negotiate(conf)
     assert (e.value.code, e.value.msg) == (1, "incompatible CNI versions")
-    assert "plugin supports ['0.1.0', '0.2.0', '0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']" \
+    assert 'plugin supports ["0.1.0" "0.2.0" "0.3.0" "0.3.1" "0.4.0" "1.0.0" "1.1.0"]' \
         in e.value.details
+
+
+def test_an_empty_cni_version_means_0_1_0_as_in_the_reference():
+    assert versions.negotiate({"cniVersion": ""}) == "0.1.0"
 
 
 def test_negotiate_non_string_version_is_code_7():
