@@ -869,6 +869,17 @@ def test_32_parallel_first_runs_after_a_fresh_extraction(ours, tmp_path):
     assert ips(warm) == ["10.1.2.34/24"]
 
 
+def test_a_first_run_that_cannot_extract_is_a_cni_error(ours, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = ours.run("ADD", netconf(tmp_path / "data"), env={"SHIV_ROOT": str(blocker / "root")})
+    assert out.rc == 1 and "Traceback" not in out.stderr, out
+    err = out.json
+    assert err["code"] == 5 and err["msg"].startswith("cannot extract the plugin's Python "
+                                                      "packages: [Errno 20] Not a directory")
+    assert not (tmp_path / "data").exists()
+
+
 def test_runs_with_env_i_and_ignores_python_variables(ours, tmp_path):
     poison = tmp_path / "poison"
     poison.mkdir()

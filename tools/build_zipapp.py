@@ -14,7 +14,8 @@ The kernel runs the system interpreter isolated and without site (so neither PYT
 variables, a user site, HOME nor PATH matter) on a `-c` one-liner, which runs the start code
 of line 2: import the entry point straight from the extracted site-packages, or, when that
 is missing (the first run after an install), hand over to shiv's own bootstrap, which
-extracts it under its file lock.
+extracts it under its file lock (through `_cni_first_run`, which turns a failure to extract
+into a CNI error).
 
 usage: build_zipapp.py --shiv SHIV --entry MOD:FUNC --site-packages DIR --out FILE [--root DIR]
        build_zipapp.py --prune INSTALLED_APP [--root DIR]   (drop extractions of other builds)
@@ -44,9 +45,26 @@ START = (
     "site = f'{{root}}/{{name}}_{build_id}/site-packages'; "
     "warm = os.path.isdir(site); "
     "sys.path.insert(0, site if warm else sys.argv[0]); "
-    "exec('from {module} import {func}; {func}()' if warm "
-    "else 'import _bootstrap; _bootstrap.bootstrap()')\n"
+    "exec('from {module} import {func}; {func}()' if warm else 'import _cni_first_run')\n"
 )
+
+# Added to the archive's root: the cold path, in CNI terms when extraction is impossible.
+FIRST_RUN = '''"""First run of this CNI plugin: shiv extracts its packages, then runs it. If it cannot
+(a read-only or full disk), the runtime gets a CNI error, not a traceback."""
+import json
+import sys
+
+try:
+    import _bootstrap
+    _bootstrap.bootstrap()
+except OSError as e:
+    sys.stdout.write(json.dumps({
+        "cniVersion": "1.1.0", "code": 5,
+        "msg": f"cannot extract the plugin's Python packages: {e}",
+        "details": "SHIV_ROOT names a writable directory for them; `make install` extracts "
+                   "them at install time"}) + "\\n")
+    sys.exit(1)
+'''
 
 
 def main() -> None:
@@ -68,8 +86,9 @@ def main() -> None:
     subprocess.run([a.shiv, "--site-packages", a.site_packages, "-e", a.entry, "-o", raw,
                     "-p", INTERPRETER, "--root", a.root, "--reproducible"], check=True)
     module, func = a.entry.split(":")
-    with zipfile.ZipFile(raw) as archive:
+    with zipfile.ZipFile(raw, "a") as archive:
         build_id = json.loads(archive.read("environment.json"))["build_id"]
+        archive.writestr(zipfile.ZipInfo("_cni_first_run.py", (1980, 1, 1, 0, 0, 0)), FIRST_RUN)
     with open(raw, "rb") as f:
         data = f.read()
     zip_data = data[data.index(b"\n") + 1:]  # drop shiv's #! line
