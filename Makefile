@@ -55,16 +55,19 @@ dist/%: build/site-% tools/build_zipapp.py | venv
 
 zipapps: dist/host-local dist/bridge
 
-# Install into $(DESTDIR)$(CNI_BIN_DIR) (atomically: a runtime may be exec'ing the old one),
-# extract each app once so that the first pod does not pay for it, and drop the extractions
-# of older builds.
+# Install into $(DESTDIR)$(CNI_BIN_DIR) (atomically: a runtime may be exec'ing the old one).
+# On this machine (no DESTDIR), also extract each app once so that the first pod does not pay
+# for it, and drop the extractions of builds before the previous one.
 install: zipapps
 	install -d $(DESTDIR)$(CNI_BIN_DIR)
 	for app in host-local bridge; do \
 		install -m 0755 dist/$$app $(DESTDIR)$(CNI_BIN_DIR)/$$app.new && \
-		mv -f $(DESTDIR)$(CNI_BIN_DIR)/$$app.new $(DESTDIR)$(CNI_BIN_DIR)/$$app && \
-		env -i $(DESTDIR)$(CNI_BIN_DIR)/$$app && \
-		$(PYTHON) tools/build_zipapp.py --prune $(DESTDIR)$(CNI_BIN_DIR)/$$app --root $(EXTRACT_ROOT); \
+		mv -f $(DESTDIR)$(CNI_BIN_DIR)/$$app.new $(DESTDIR)$(CNI_BIN_DIR)/$$app || exit 1; \
+		if [ -z "$(DESTDIR)" ]; then \
+			env -i $(CNI_BIN_DIR)/$$app && \
+			$(PYTHON) tools/build_zipapp.py --prune $(CNI_BIN_DIR)/$$app --root $(EXTRACT_ROOT) \
+			|| exit 1; \
+		fi; \
 	done
 	@echo "installed: $$(ls $(DESTDIR)$(CNI_BIN_DIR)/bridge $(DESTDIR)$(CNI_BIN_DIR)/host-local)"
 
