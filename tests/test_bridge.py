@@ -920,29 +920,21 @@ def test_a_missing_ipam_plugin_is_an_error_and_leaves_nothing(node):
 # --- interop with the Go reference plugins -----------------------------------------------------
 
 @needs_go
-def test_our_bridge_with_the_go_host_local(node):
-    bin_dir = node.plugin_dir("mixed", bridge=node.ours / "bridge", **{"host-local": GO_HOST_LOCAL})
+@pytest.mark.parametrize("pair", ["our bridge, Go host-local", "Go bridge, our host-local"])
+def test_a_mixed_pair_adds_pings_checks_and_deletes(node, pair):
+    if pair.startswith("our"):
+        how = {"cni_path": node.plugin_dir("mixed", bridge=node.ours / "bridge",
+                                           **{"host-local": GO_HOST_LOCAL})}
+    else:
+        how = {"plugin": GO_BRIDGE}
     conf = node.conf(isDefaultGateway=True, ipMasq=True)
     a, b = node.pod(), node.pod()
-    ra, rb = (node.add(conf, pod, cni_path=bin_dir) for pod in (a, b))
+    ra, rb = (node.add(conf, pod, **how) for pod in (a, b))
     assert node.leases() == {"10.22.0.2": f"{a}\r\neth0", "10.22.0.3": f"{b}\r\neth0"}
     assert ping(a, pod_ip(rb))
     for pod, result in ((a, ra), (b, rb)):
-        node.cni("CHECK", conf, pod, prev=result, cni_path=bin_dir).ok()
-        node.cni("DEL", conf, pod, prev=result, cni_path=bin_dir).ok()
-    node.assert_no_trace(a, b)
-
-
-@needs_go
-def test_the_go_bridge_with_our_host_local(node):
-    conf = node.conf(isDefaultGateway=True)
-    a, b = node.pod(), node.pod()
-    ra, rb = (node.add(conf, pod, plugin=GO_BRIDGE) for pod in (a, b))
-    assert node.leases() == {"10.22.0.2": f"{a}\r\neth0", "10.22.0.3": f"{b}\r\neth0"}
-    assert ping(a, pod_ip(rb))
-    for pod, result in ((a, ra), (b, rb)):
-        node.cni("CHECK", conf, pod, prev=result, plugin=GO_BRIDGE).ok()
-        node.cni("DEL", conf, pod, prev=result, plugin=GO_BRIDGE).ok()
+        node.cni("CHECK", conf, pod, prev=result, **how).ok()
+        node.cni("DEL", conf, pod, prev=result, **how).ok()
     node.assert_no_trace(a, b)
 
 
