@@ -432,13 +432,14 @@ def test_mtu_on_the_new_bridge_and_both_veth_ends(node):
     assert node.link("eth0", pod)["mtu"] == 1400
 
 
-def test_hairpin_mode_on_the_host_port(node):
-    plain, hairpin = node.pod(), node.pod()
-    r_plain = node.add(node.conf(), plain)
-    r_hairpin = node.add(node.conf(hairpinMode=True), hairpin)
-    brport = "/sys/class/net/{}/brport/hairpin_mode"
+@pytest.mark.parametrize("key,flag", [("hairpinMode", "hairpin_mode"),
+                                      ("portIsolation", "isolated")])
+def test_bridge_port_flag_on_the_host_port(node, key, flag):
+    r_plain = node.add(node.conf(), node.pod())
+    r_flagged = node.add(node.conf(**{key: True}), node.pod())
+    brport = "/sys/class/net/{}/brport/" + flag
     assert node.read(brport.format(r_plain["interfaces"][1]["name"])) == "0"
-    assert node.read(brport.format(r_hairpin["interfaces"][1]["name"])) == "1"
+    assert node.read(brport.format(r_flagged["interfaces"][1]["name"])) == "1"
 
 
 def test_promisc_mode_on_the_bridge(node):
@@ -495,15 +496,6 @@ def test_vlan_keys(node, keys):
         assert "CONFIG_BRIDGE_VLAN_FILTERING" in err["msg"] and "vlan" in err["msg"], err
         node.assert_no_trace(pod)
     assert not node.exists(f"/sys/class/net/{BR}/bridge/vlan_filtering")
-
-
-def test_port_isolation_on_the_host_port(node):
-    plain, isolated = node.pod(), node.pod()
-    r_plain = node.add(node.conf(), plain)
-    r_isolated = node.add(node.conf(portIsolation=True), isolated)
-    brport = "/sys/class/net/{}/brport/isolated"
-    assert node.read(brport.format(r_plain["interfaces"][1]["name"])) == "0"
-    assert node.read(brport.format(r_isolated["interfaces"][1]["name"])) == "1"
 
 
 def test_enabledad(node):
