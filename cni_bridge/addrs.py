@@ -7,9 +7,9 @@ bridge (plugins PR #366: "could not add IP address to cni0: file exists"), so
 
 from __future__ import annotations
 
-import _socket
 import errno
 
+from cni_protocol.ip import network, parse_ip
 from .links import write_sysctl
 from .netlink import AF_INET, AF_INET6, AlreadyExists, Netlink, NotFound
 
@@ -26,15 +26,6 @@ def ensure_addr(nl: Netlink, index: int, address: str, prefixlen: int) -> None:
         pass
 
 
-def _as_int(family: int, address: str) -> int:
-    return int.from_bytes(_socket.inet_pton(family, address), "big")
-
-
-def _same_network(family: int, a: str, b: str, prefixlen: int) -> bool:
-    bits = 32 if family == AF_INET else 128
-    return (_as_int(family, a) ^ _as_int(family, b)) >> (bits - prefixlen) == 0
-
-
 def ensure_gateway_addr(nl: Netlink, bridge_index: int, gw: str, prefixlen: int,
                         force_address: bool = False, mac: str | None = None) -> None:
     """Put the gateway address gw/prefixlen on the bridge, as the reference's forceAddress does.
@@ -49,13 +40,14 @@ def ensure_gateway_addr(nl: Netlink, bridge_index: int, gw: str, prefixlen: int,
     bridge = nl.get_link(bridge_index)
     if bridge is None:
         raise NotFound(errno.ENODEV, f"bridge with index {bridge_index} does not exist")
-    family = AF_INET6 if ":" in gw else AF_INET
-    wanted = _as_int(family, gw)
-    for addr in nl.list_addrs(index=bridge_index, family=family):
-        if _as_int(family, addr.address) == wanted and addr.prefixlen == prefixlen:
+    family, wanted = parse_ip(gw)
+    for addr in nl.list_addrs(index=bridge_index, family=AF_INET if family == 4 else AF_INET6):
+        _, have = parse_ip(addr.address)
+        if have == wanted and addr.prefixlen == prefixlen:
             return
-        overlaps = _same_network(family, addr.address, gw, min(addr.prefixlen, prefixlen))
-        if family == AF_INET or overlaps:
+        shorter = min(addr.prefixlen, prefixlen)
+        overlaps = network(family, have, shorter) == network(family, wanted, shorter)
+        if family == 4 or overlaps:
             if not force_address:
                 raise AddressConflict(f'"{bridge.name}" already has an IP address different from {gw}/{prefixlen}')
             try:
