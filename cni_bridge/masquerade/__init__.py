@@ -75,18 +75,7 @@ def _error(what: str, exc: BaseException | None = None) -> MasqueradeError:
 # --------------------------------------------------------------------------- naming
 
 
-def chain_name(network: str, container_id: str) -> str:
-    """``CNI-`` + 24 hex of sha512(network + containerID), as the reference (utils.FormatChainName)."""
-    try:
-        from _sha512 import sha512  # CPython <= 3.11 builtin: avoids hashlib's OpenSSL load
-    except ImportError:
-        from hashlib import sha512
-    return _CHAIN_PREFIX + sha512((network + container_id).encode()).hexdigest()[:24]
-
-
-def chain_comment(network: str, container_id: str) -> str:
-    """Comment on every rule, as the reference (utils.FormatComment)."""
-    return f'name: "{network}" id: "{container_id}"'
+from .naming import iptables_chain as chain_name, iptables_comment as chain_comment  # noqa: E402
 
 
 # --------------------------------------------------------------------------- addresses
@@ -811,7 +800,7 @@ def _remove_from_nft_backend(family: int, select) -> list[str]:
     added, as after switching plugins on a running node. One `iptables-nft -S` (~1 ms) finds
     out; only if there is something to remove, one `iptables-nft-restore --noflush` does it.
     """
-    from .process import Child
+    from ..process import Child
 
     tool = next((f"{d}/{_NFT_TOOLS[family]}" for d in _TOOL_DIRS
                  if os.access(f"{d}/{_NFT_TOOLS[family]}", os.X_OK)), None)
