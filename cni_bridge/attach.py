@@ -1,5 +1,6 @@
-"""Attaching a pod to the bridge and detaching it: the netlink, sysctl and iptables work of
-ADD and DEL, in the reference's order. Everything ADD creates is undone if a later step fails.
+"""Attaching a pod to the bridge and detaching it: the netlink, sysctl and netfilter work of
+ADD and DEL (and GC's sweep), in the reference's order. Everything ADD creates is undone if a
+later step fails.
 """
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ class _Undo:
                 pass  # best effort: the ADD's own error is what the runtime must see
 
 
-def add(req: Request, cfg: BridgeConfig, call: ipam.IPAMCall | None, iptc_loaded) -> dict:
-    """ADD. `call` is the IPAM ADD already running, `iptc_loaded` waits for python-iptables."""
+def add(req: Request, cfg: BridgeConfig, call: ipam.IPAMCall | None, backend: str | None) -> dict:
+    """ADD. `call` is the IPAM ADD already running, `backend` the masquerade backend (ipMasq)."""
     undo = _Undo()
     nl = None
     try:
         nl = Netlink()
-        return _add(req, cfg, nl, call, iptc_loaded, undo)
+        return _add(req, cfg, nl, call, backend, undo)
     except BaseException:
         if call is not None and not call.done:
             try:
@@ -50,11 +51,15 @@ def add(req: Request, cfg: BridgeConfig, call: ipam.IPAMCall | None, iptc_loaded
             nl.close()
 
 
-def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, iptc_loaded, undo: _Undo) -> dict:
+def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, backend: str | None,
+         undo: _Undo) -> dict:
     bridge = links.ensure_bridge(nl, cfg.bridge, cfg.mtu or None, cfg.promisc_mode,
                                  cfg.vlan_filtering)
     host, pod = _setup_veth(req, cfg, nl, bridge.index)
     undo.push(lambda: _delete_link(nl, host.index))
+    if cfg.macspoofchk:
+        undo.push(lambda: _macspoofchk("teardown", req.container_id, req.ifname))
+        _macspoofchk("setup", req.container_id, req.ifname, host.name, pod.mac)
     result = {"interfaces": [{"name": bridge.name, "mac": bridge.mac},
                              {"name": host.name, "mac": host.mac},
                              {"name": req.ifname, "mac": pod.mac, "sandbox": req.netns}]}
@@ -75,10 +80,10 @@ def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, iptc_loaded, undo: 
             _configure_gateways(cfg, nl, bridge, gateways, result)
         if cfg.ip_masq:
             from . import masquerade
-            iptc_loaded()
-            undo.push(lambda: masquerade.teardown_masquerade(req.network, req.container_id))
-            masquerade.setup_masquerade(req.network, req.container_id,
-                                        [ip["address"] for ip in ips])
+            attachment = masquerade.Attachment(req.network, req.container_id, req.ifname)
+            cidrs = [ip["address"] for ip in ips]
+            undo.push(lambda: masquerade.teardown(attachment, cidrs))
+            masquerade.setup(backend, attachment, cidrs)
         result["ips"] = [dict(ip, interface=2) for ip in ips]
         result["routes"] = routes
         if ipam_result.get("dns"):
@@ -207,20 +212,34 @@ def _delete_link(nl: Netlink, index: int) -> None:
         pass
 
 
-def delete(req: Request, cfg: BridgeConfig, iptc_loaded) -> None:
+def _macspoofchk(step: str, *args: str) -> None:
+    """macspoofchk.setup/teardown on a socket of its own (nf_tables, bridge family)."""
+    from . import macspoofchk
+    from .nfnetlink import NfTables
+    try:
+        with NfTables() as nft:
+            getattr(macspoofchk, step)(nft, *args)
+    except OSError as e:
+        raise macspoofchk.MacSpoofCheckError(f"macspoofchk: {e}") from None
+
+
+def delete(req: Request, cfg: BridgeConfig) -> None:
     """DEL, idempotent: whatever is already gone is skipped. The pod's interface goes first,
     then the lease, as in the reference, so that the address is not handed out again while
-    the pod still holds it; the masquerade teardown runs while the IPAM plugin does. With no
-    netns (containerd's ctr, a second DEL) the chain is still removed, found from prevResult
-    or by its name, which the reference does not do (its issue #810)."""
+    the pod still holds it. With no netns (containerd's ctr, the second DEL of every pod) the
+    masquerade rules and the MAC check still go, found by the attachment's names, which the
+    reference does not do (its issue #810); when nothing is left, finding that out is a few
+    netlink queries."""
     pod_addrs = links.del_pod_link(req.netns, req.ifname) if req.netns else []
+    cidrs = ([a.cidr for a in pod_addrs] or _prev_ips(req)) if cfg.ip_masq else None
     call = ipam.start(cfg.ipam_type, "DEL", req) if cfg.ipam_type else None
     try:
-        if iptc_loaded is not None:
+        if cfg.ip_masq and cfg.ipam_type:
             from . import masquerade
-            ips = [a.cidr for a in pod_addrs] or _prev_ips(req)
-            iptc_loaded()
-            masquerade.teardown_masquerade(req.network, req.container_id, ips or None)
+            masquerade.teardown(masquerade.Attachment(req.network, req.container_id, req.ifname),
+                                cidrs or None)
+        if cfg.macspoofchk:
+            _macspoofchk("teardown", req.container_id, req.ifname)
     except BaseException:
         if call is not None:
             try:
@@ -230,6 +249,38 @@ def delete(req: Request, cfg: BridgeConfig, iptc_loaded) -> None:
         raise
     if call is not None:
         call.wait()
+
+
+def collect(req: Request, cfg: BridgeConfig, attachments: set[tuple[str, str]]) -> None:
+    """GC's sweep: the network's masquerade rules in every backend and the MAC checks of
+    attachments that are not in `attachments`. Both run; the first error is raised."""
+    from . import macspoofchk, masquerade
+    from .nfnetlink import NfTables
+    errors: list[Exception] = []
+    try:
+        masquerade.gc(req.network, attachments)
+    except masquerade.MasqueradeError as e:
+        errors.append(e)
+    with Netlink() as nl:
+        bridge = nl.get_link(cfg.bridge)
+
+        def is_ours(veth: str) -> bool:
+            """A MAC check is this network's if its veth is gone or a port of our bridge."""
+            link = nl.get_link(veth) if veth else None
+            return link is None or (bridge is not None and link.master == bridge.index)
+
+        try:
+            nft = NfTables()
+        except OSError:
+            nft = None  # no nf_tables in this kernel: no MAC check can exist
+        if nft is not None:
+            with nft:
+                try:
+                    macspoofchk.gc(nft, attachments, is_ours)
+                except (OSError, macspoofchk.MacSpoofCheckError) as e:
+                    errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def _prev_ips(req: Request) -> list[str]:

@@ -1,6 +1,7 @@
 """CHECK: is the attachment still what ADD reported in prevResult? As the reference checks it:
 the bridge, the pod's veth in its sandbox, the host veth that is its peer and a port of the
-bridge, the MACs, and the pod's addresses and routes."""
+bridge, the MACs, and the pod's addresses and routes; and, as the spec asks of resources the
+plugin created (the reference does not look), its masquerade rules and its MAC check."""
 from __future__ import annotations
 
 from cni_protocol.errors import CHECK_FAILED, CNIError
@@ -14,7 +15,16 @@ def _fail(msg: str) -> CNIError:
     return CNIError(CHECK_FAILED, msg)
 
 
-def check_attachment(req: Request, cfg: BridgeConfig, prev: dict) -> None:
+def check_attachment(req: Request, cfg: BridgeConfig, prev: dict, backend: str | None) -> None:
+    """`backend`: where ipMasq put the attachment's rules (None: ipMasq is off)."""
+    host, pod = _check_links(req, cfg, prev)
+    if backend is not None:
+        _check_masquerade(req, backend, prev.get("ips") or [])
+    if cfg.macspoofchk:
+        _check_macspoofchk(req, host, pod)
+
+
+def _check_links(req: Request, cfg: BridgeConfig, prev: dict) -> tuple[Link, Link]:
     interfaces = [i for i in prev.get("interfaces") or [] if isinstance(i, dict)]
     bridge_entry = next((i for i in interfaces if i.get("name") == cfg.bridge), {})
     pod_entry = next((i for i in interfaces if i.get("name") == req.ifname
@@ -40,8 +50,29 @@ def check_attachment(req: Request, cfg: BridgeConfig, prev: dict) -> None:
             if (host is not None and host.kind == "veth" and host.index == pod.link_index
                     and host.link_index == pod.index and host.master == bridge.index):
                 _check_mac(entry, host)
-                return
+                return host, pod
     raise _fail(f"CNI veth created for bridge {cfg.bridge} was not found")
+
+
+def _check_masquerade(req: Request, backend: str, ips: list) -> None:
+    from . import masquerade
+    attachment = masquerade.Attachment(req.network, req.container_id, req.ifname)
+    gaps = masquerade.missing(backend, attachment, [ip["address"] for ip in ips])
+    if gaps:
+        raise _fail(f"ipMasq rules of the attachment are missing ({backend}): "
+                    + "; ".join(gaps))
+
+
+def _check_macspoofchk(req: Request, host: Link, pod: Link) -> None:
+    from . import macspoofchk
+    from .nfnetlink import NfTables
+    try:
+        with NfTables() as nft:
+            gaps = macspoofchk.missing(nft, req.container_id, req.ifname, host.name, pod.mac)
+    except OSError as e:
+        raise _fail(f"macspoofchk: cannot read nftables: {e}") from None
+    if gaps:
+        raise _fail("macspoofchk rules of the attachment are missing: " + "; ".join(gaps))
 
 
 def _check_bridge(nl: Netlink, cfg: BridgeConfig, entry: dict) -> Link:

@@ -2,12 +2,13 @@
 that a bad conf fails before anything is created."""
 from __future__ import annotations
 
-from cni_protocol.errors import CNIError, UNSUPPORTED_FIELD
+from cni_protocol.errors import CNIError
 from cni_protocol.request import Request, check_ifname
 from cni_protocol.skel import config_error
 
 DEFAULT_BRIDGE = "cni0"
 KNOWN_ARGS = ("MAC",)
+MIN_MTU, MAX_MTU = 68, 65535  # what the kernel accepts for a veth (IPv4's minimum, ETH_MAX_MTU)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -44,7 +45,8 @@ class BridgeConfig:
         self.port_isolation = _get(conf, "portIsolation", bool, False)
         self.disable_container_interface = _get(conf, "disableContainerInterface", bool, False)
         self.macspoofchk = _get(conf, "macspoofchk", bool, False)
-        self.ip_masq_backend = _get(conf, "ipMasqBackend", str, "iptables")
+        # Read only with ipMasq, as the reference reads it; None: unset, the host decides.
+        self.ip_masq_backend = _get(conf, "ipMasqBackend", str, None) if self.ip_masq else None
         ipam = conf.get("ipam") or {}
         if not isinstance(ipam, dict):
             raise config_error("ipam", "must be an object", ipam)
@@ -55,32 +57,29 @@ class BridgeConfig:
         self.mac, self.mac_key = _requested_mac(req)
 
     def validate_for_add(self) -> None:
-        """Code 7 for values an attachment cannot be made with, code 2 for keys of the
-        reference we do not implement yet. ADD and CHECK call it."""
+        """Code 7 for values an attachment cannot be made with. ADD and CHECK call it."""
+        if "\0" in self.bridge:
+            raise config_error("bridge", "contains a NUL character", self.bridge)
+        if not _utf8(self.bridge):
+            raise config_error("bridge", "is not valid UTF-8 (a lone surrogate)", self.bridge)
         try:
             check_ifname(self.bridge)
         except CNIError as e:
             raise config_error("bridge", e.msg.split(": ", 1)[-1], self.bridge) from None
-        if self.mtu < 0:
-            raise config_error("mtu", "must not be negative", self.mtu)
+        if self.mtu and not MIN_MTU <= self.mtu <= MAX_MTU:
+            raise config_error("mtu", f"must be between {MIN_MTU} and {MAX_MTU} (or 0: the "
+                               "kernel's default)", self.mtu)
         if self.hairpin_mode and self.promisc_mode:
             raise config_error("hairpinMode", "cannot set hairpin mode and promiscuous mode "
                                "(promiscMode) at the same time")
         if self.disable_container_interface and self.ipam_type:
             raise config_error("disableContainerInterface",
                                "cannot use IPAM when disableContainerInterface is set")
-        if self.ip_masq_backend not in ("iptables", "nftables"):
-            raise config_error("ipMasqBackend", 'must be "iptables" or "nftables"',
-                               self.ip_masq_backend)
+        if self.ip_masq_backend not in (None, "iptables", "nftables"):
+            raise config_error("ipMasqBackend", 'unknown ipmasq backend: must be "iptables" '
+                               'or "nftables" (or unset)', self.ip_masq_backend)
         if self.mac:
             self.mac = _canonical_mac(self.mac, self.mac_key)
-        if self.macspoofchk:
-            raise CNIError(UNSUPPORTED_FIELD, "unsupported field: macspoofchk: true is not "
-                           "implemented by this bridge plugin", "macspoofchk=true")
-        if self.ip_masq and self.ip_masq_backend == "nftables":
-            raise CNIError(UNSUPPORTED_FIELD, 'unsupported field: ipMasqBackend: "nftables" is '
-                           "not implemented by this bridge plugin (iptables is)",
-                           'ipMasqBackend="nftables"')
 
     @property
     def vlan_filtering(self) -> bool:
@@ -96,6 +95,14 @@ def _get(conf: dict, name: str, kind: type, default, key: str | None = None):
         raise config_error(key or name, f"must be a {'boolean' if kind is bool else kind.__name__}",
                            value)
     return value
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _vlan_trunk(entries: object) -> list[int]:

@@ -374,15 +374,16 @@ def _route_attrs(dst: str, prefixlen: int, gw: str | None, oif: int | None,
 # -- the socket ------------------------------------------------------------------------
 
 
-class Netlink:
-    """A NETLINK_ROUTE socket in the network namespace of the creating thread.
+class NetlinkSocket:
+    """A netlink socket of one protocol in the network namespace of the creating thread.
 
     Use as a context manager (or call close()). Not thread-safe: one request at a
-    time, matched to its answers by sequence number.
+    time, matched to its answers by sequence number. `Netlink` (rtnetlink) and
+    `nfnetlink.NfTables` (nf_tables) build their requests on it.
     """
 
-    def __init__(self) -> None:
-        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+    def __init__(self, protocol: int) -> None:
+        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
         try:
             for option in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
                 try:
@@ -399,7 +400,7 @@ class Netlink:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> Netlink:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -454,6 +455,13 @@ class Netlink:
             except _DumpInterrupted:
                 continue
         raise NetlinkError(errno.EINTR, f"{what}: dump kept being interrupted by concurrent changes")
+
+
+class Netlink(NetlinkSocket):
+    """A NETLINK_ROUTE socket: links, addresses, routes, bridge ports and VLANs."""
+
+    def __init__(self) -> None:
+        super().__init__(NETLINK_ROUTE)
 
     # -- links
 

@@ -31,43 +31,13 @@ class NetnsNotFound(NetnsError):
     """The namespace path does not exist (e.g. the runtime already deleted the pod's netns)."""
 
 
-def _load_setns():
-    """os.setns exists from Python 3.12; before that, call libc's setns(2) ourselves.
-
-    Through the C core of ctypes (`_ctypes`, 0.6 ms) rather than the ctypes package, whose
-    pure-Python half costs another ~3 ms to import in a process that lives for ~30 ms.
-    The two classes below are what ctypes.c_int and a CDLL function would be.
-    """
-    if hasattr(os, "setns"):
-        return os.setns
-    import _ctypes
-
-    class CInt(_ctypes._SimpleCData):
-        _type_ = "i"
-
-    class CFunction(_ctypes.CFuncPtr):
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = CInt
-        _argtypes_ = (CInt, CInt)
-
-    libc_setns = CFunction(_ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_NOW), "setns"))
-
-    def setns(fd: int, nstype: int) -> None:
-        if libc_setns(fd, nstype) != 0:
-            code = _ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-
-    return setns
-
-
-_setns = None
+class NotANetns(NetnsError):
+    """The path exists but is no network namespace (a FIFO, a directory, another ns type)."""
 
 
 def _switch_to(fd: int) -> None:
-    global _setns
-    if _setns is None:
-        _setns = _load_setns()
-    _setns(fd, CLONE_NEWNET)
+    from .libc import setns
+    setns(fd, CLONE_NEWNET)
 
 
 def open_current() -> int:
@@ -86,9 +56,12 @@ class NetnsContext:
 
     def __enter__(self) -> NetnsContext:
         try:
-            target_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO given as CNI_NETNS must not block us (setns then refuses it).
+            target_fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NetnsNotFound(errno.ENOENT, f"network namespace {self.path} does not exist") from None
+        except (IsADirectoryError, NotADirectoryError) as e:
+            raise NotANetns(e.errno, f"{self.path} is not a network namespace") from None
         except OSError as e:
             raise NetnsError(e.errno, f"cannot open network namespace {self.path}: {e.strerror}") from None
         try:
@@ -97,8 +70,9 @@ class NetnsContext:
                 _switch_to(target_fd)
             except OSError as e:
                 os.close(origin_fd)
-                reason = "not a network namespace" if e.errno == errno.EINVAL else e.strerror
-                raise NetnsError(e.errno, f"cannot enter network namespace {self.path}: {reason}") from None
+                if e.errno == errno.EINVAL:
+                    raise NotANetns(e.errno, f"{self.path} is not a network namespace") from None
+                raise NetnsError(e.errno, f"cannot enter network namespace {self.path}: {e.strerror}") from None
         finally:
             os.close(target_fd)
         self._origin_fd = origin_fd
@@ -119,7 +93,8 @@ class NetnsContext:
 def enter(path: str) -> NetnsContext:
     """Run the with-block with the calling thread in the network namespace at `path`.
 
-    Raises NetnsNotFound if `path` does not exist, NetnsError if it cannot be
-    entered (for instance because it is not a network namespace).
+    Raises NetnsNotFound if `path` does not exist, NotANetns if it is something
+    else (a FIFO, a directory, another kind of namespace), NetnsError if it
+    cannot be entered.
     """
     return NetnsContext(path)

@@ -1,17 +1,17 @@
 """The bridge plugin's verbs: thin and symmetric.
 
-Each verb reads the conf, starts its IPAM delegate (a process of its own) and only then
-imports the modules that do its work (~6 ms), so the IPAM plugin runs meanwhile. ADD and DEL
-with ipMasq also load python-iptables in a background thread from the start (DEL starts
-its IPAM plugin only once the pod's interface is gone, as the reference does). The work itself
-is in attach (ADD, DEL) and check (CHECK); masquerade does ipMasq and its GC.
+Each verb reads the conf, refuses what it cannot do before touching anything (a masquerade
+backend the host cannot use included), starts its IPAM delegate and only then imports the
+modules that do its work, so the IPAM plugin runs meanwhile. The work itself is in attach
+(ADD, DEL, GC) and check (CHECK); masquerade does ipMasq in whichever backend, macspoofchk
+the MAC check.
 """
 from __future__ import annotations
 
 import errno
 
-from cni_protocol.errors import (BRIDGE_FAILURE, CNIError, INVALID_CONFIG, IO_FAILURE,
-                                 TRY_AGAIN_LATER)
+from cni_protocol.errors import (BRIDGE_FAILURE, CNIError, INVALID_CONFIG, INVALID_ENV,
+                                 INVALID_NETNS, IO_FAILURE, TRY_AGAIN_LATER)
 from cni_protocol.request import Request
 from cni_protocol.result import upgrade
 from . import ipam
@@ -21,21 +21,22 @@ from .config import KNOWN_ARGS, BridgeConfig
 def cmd_add(req: Request) -> dict:
     cfg = BridgeConfig(req)
     cfg.validate_for_add()
+    _refuse_own_netns(req)
+    backend = _masquerade_backend(cfg) if cfg.ip_masq and cfg.ipam_type else None
     call = ipam.start(cfg.ipam_type, "ADD", req) if cfg.ipam_type else None
-    iptc_loaded = _preload_iptc() if cfg.ip_masq and call else None
     try:
         from .attach import add
-        return add(req, cfg, call, iptc_loaded)
+        return add(req, cfg, call, backend)
     except Exception as e:
         raise _as_cni_error(e) from None
 
 
 def cmd_del(req: Request) -> None:
     cfg = BridgeConfig(req)
-    iptc_loaded = _preload_iptc() if cfg.ip_masq and cfg.ipam_type else None
+    _refuse_own_netns(req)
     try:
         from .attach import delete
-        delete(req, cfg, iptc_loaded)
+        delete(req, cfg)
     except Exception as e:
         raise _as_cni_error(e) from None
 
@@ -43,13 +44,15 @@ def cmd_del(req: Request) -> None:
 def cmd_check(req: Request) -> None:
     cfg = BridgeConfig(req)
     cfg.validate_for_add()
+    _refuse_own_netns(req)
     if not isinstance(req.conf.get("prevResult"), dict):
         raise CNIError(INVALID_CONFIG, "Required prevResult missing")
     prev = upgrade(req.conf["prevResult"])
+    backend = _masquerade_backend(cfg) if cfg.ip_masq and cfg.ipam_type else None
     call = ipam.start(cfg.ipam_type, "CHECK", req) if cfg.ipam_type else None
     try:
         from .check import check_attachment
-        check_attachment(req, cfg, prev)
+        check_attachment(req, cfg, prev, backend)
     except Exception as e:
         if call is not None:
             call.wait()  # an IPAM error is reported first, as the reference runs it first
@@ -65,16 +68,16 @@ def cmd_status(req: Request) -> None:
 
 
 def cmd_gc(req: Request) -> None:
-    """IPAM GC, then the masquerade chains of attachments the runtime no longer knows.
-    Best effort: both run, the first error is reported."""
+    """IPAM GC, then the masquerade rules and MAC checks of attachments the runtime no longer
+    knows. Best effort: all of it runs, the first error is reported."""
     cfg = BridgeConfig(req)
-    container_ids = {container_id for container_id, _ in req.valid_attachments()}
+    attachments = req.valid_attachments()
     call = ipam.start(cfg.ipam_type, "GC", req) if cfg.ipam_type else None
-    from . import masquerade
+    from .attach import collect
     error = None
     try:
-        masquerade.gc_masquerade(req.network, container_ids)
-    except masquerade.MasqueradeError as e:
+        collect(req, cfg, attachments)
+    except Exception as e:
         error = _as_cni_error(e)
     if call is not None:
         call.wait()
@@ -86,10 +89,31 @@ def cmd_gc(req: Request) -> None:
 _TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR)
 
 
-def _preload_iptc():
-    """masquerade.preload(); the module is imported only by the verbs that masquerade."""
+def _masquerade_backend(cfg: BridgeConfig) -> str:
+    """The backend ipMasq will write to; a host that has none usable fails the ADD here,
+    before IPAM or any link (code 102)."""
     from . import masquerade
-    return masquerade.preload()
+    try:
+        return masquerade.choose(cfg.ip_masq_backend)
+    except masquerade.MasqueradeError as e:
+        raise CNIError(BRIDGE_FAILURE, str(e)) from None
+
+
+def _refuse_own_netns(req: Request) -> None:
+    """CNI_NETNS naming the plugin's own network namespace is refused (code 8), as libcni's
+    skel refuses it, unless CNI_NETNS_OVERRIDE is 1 or true: an ADD there would move the
+    node's own interfaces around. Two stat calls; a missing path is the verbs' business."""
+    if not req.netns or req.env.get("CNI_NETNS_OVERRIDE", "").lower() in ("1", "true"):
+        return
+    import os
+    try:
+        target = os.stat(req.netns)
+        own = os.stat("/proc/thread-self/ns/net")
+    except OSError:
+        return
+    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+        raise CNIError(INVALID_NETNS, "plugin's netns and netns from CNI_NETNS should not be "
+                       "the same", f"CNI_NETNS={req.netns}")
 
 
 def _as_cni_error(e: Exception) -> Exception:
@@ -99,11 +123,14 @@ def _as_cni_error(e: Exception) -> Exception:
         return e
     from .addrs import AddressConflict
     from .links import LinkError
+    from .macspoofchk import MacSpoofCheckError
     from .masquerade import MasqueradeError
     from .netlink import NetlinkError
-    from .netns import NetnsError
-    if isinstance(e, (LinkError, MasqueradeError, AddressConflict)):
+    from .netns import NetnsError, NotANetns
+    if isinstance(e, (LinkError, MasqueradeError, MacSpoofCheckError, AddressConflict)):
         return CNIError(BRIDGE_FAILURE, str(e))
+    if isinstance(e, NotANetns):
+        return CNIError(INVALID_ENV, f"invalid CNI_NETNS: {e}")
     if isinstance(e, NetlinkError) and e.errno in _TRANSIENT:
         return CNIError(TRY_AGAIN_LATER, f"netlink: {e}")
     if isinstance(e, (NetlinkError, NetnsError)):

@@ -1,8 +1,8 @@
 """The bridge plugin as a runtime runs it: the built zipapp (dist/bridge) exec'd with
 `ip netns exec <node> <plugin>`, a clean environment (CNI_* only), the conf on stdin, and
 CNI_PATH a temp dir holding the IPAM plugin. Every assertion reads the real kernel (`ip -j`,
-/sys, /proc/sys, iptables-legacy-save and conntrack inside the node netns), the host-local
-lease files, and pings.
+/sys, /proc/sys, iptables-legacy-save, iptables-nft-save, nft and conntrack inside the node
+netns), the host-local lease files, and pings.
 
 Each test gets a node netns of its own (the "host" the plugin runs in) and pod netns made on
 demand, all named brtest-<pid>-<n>-<role> and deleted by exact name when the test ends, also
@@ -11,10 +11,12 @@ on failure. Nothing here touches the root netns' network.
 Covered: every key of REFERENCE.md 1.1 (vlan/vlanTrunk/preserveDefaultVlan only as far as the
 kernel allows: without CONFIG_BRIDGE_VLAN_FILTERING the ADD must fail cleanly); the result of
 every cniVersion; ADD/CHECK/DEL/VERSION/STATUS/GC and their failures; pod-to-pod and gateway
-pings; ipMasq proven by traffic to an "external host" netns (conntrack shows the SNAT); rollback
+pings; ipMasq proven by traffic to an "external host" netns (conntrack shows the SNAT), in every
+masquerade backend; rollback
 of a failure after IPAM ADD; interop with the Go reference plugins in /usr/lib/cni both ways;
 32 parallel ADDs on a fresh node, then 32 parallel DELs.
-Not here (see their own files): the masquerade module itself (test_masquerade.py), chaining
+Not here (see their own files): the masquerade backends byte for byte against the Go plugins
+and macspoofchk with real frames (test_masquerade.py, test_macspoofchk.py), chaining
 with portmap (test_chain.py), the two-node cluster (test_cluster.py), host-local
 (test_host_local.py).
 """
@@ -185,15 +187,17 @@ class Node:
 
     def env(self, verb: str, pod: str | None, *, cid: str | None = None, ifname: str = "eth0",
             netns: str | None = None, args: str | None = None, cni_path: Path | None = None,
-            go: bool = False, go_iptables: str = "legacy") -> dict:
+            iptables: str = "host") -> dict:
+        """`iptables`: "host" runs the plugin with the host's `iptables` (nf_tables here),
+        "legacy" with a PATH whose `iptables` is iptables-legacy (a legacy host)."""
         env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cid or pod or "none",
                "CNI_NETNS": f"/run/netns/{pod}" if netns is None else netns,
-               "CNI_IFNAME": ifname, "CNI_PATH": str(cni_path or self.bin)}
+               "CNI_IFNAME": ifname, "CNI_PATH": str(cni_path or self.bin),
+               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        if iptables == "legacy":
+            env["PATH"] = f"{self.legacy_path()}:{env['PATH']}"
         if args is not None:
             env["CNI_ARGS"] = args
-        if go:  # the Go plugin execs `iptables`: the legacy one (python-iptables' backend)
-            path = "/usr/sbin:/usr/bin:/sbin:/bin"  # unless the host's own, nft, is wanted
-            env["PATH"] = path if go_iptables == "nft" else f"{self.legacy_path()}:{path}"
         return env
 
     def legacy_path(self) -> Path:
@@ -210,7 +214,7 @@ class Node:
             conf = dict(conf, prevResult=prev)
         plugin = plugin or self.bin / "bridge"
         proc = subprocess.Popen([IP, "netns", "exec", self.ns, str(plugin)],
-                                env=self.env(verb, pod, go=plugin == GO_BRIDGE, **env),
+                                env=self.env(verb, pod, **env),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         proc.stdin.write("" if conf is None else json.dumps(conf))
@@ -258,19 +262,32 @@ class Node:
     def exists(self, path: str, ns: str | None = None) -> bool:
         return in_ns(ns or self.ns, "test", "-e", path, check=False).returncode == 0
 
-    def nat(self, family: int = 4) -> list[str]:
-        tool = "iptables-legacy-save" if family == 4 else "ip6tables-legacy-save"
+    def nat(self, family: int = 4, backend: str = "iptables-nft") -> list[str]:
+        """The nat table of an iptables backend as iptables-save prints it."""
+        tool = {"legacy": "iptables-legacy-save", "iptables-nft": "iptables-nft-save"}[backend]
+        tool = tool if family == 4 else "ip6" + tool[2:]
         return [line for line in in_ns(self.ns, tool, "-t", "nat").stdout.splitlines()
                 if line[:1] in (":", "-")]
 
-    def cni_rules(self, family: int = 4) -> list[str]:
-        return [line for line in self.nat(family) if "CNI-" in line]
+    def masq_rules(self) -> list[str]:
+        """The rules of the nftables backend's masq_checks chain, as `nft list` prints them."""
+        out = in_ns(self.ns, "nft", "list", "chain", "inet", "cni_plugins_masquerade",
+                    "masq_checks", check=False).stdout
+        return [line.strip() for line in out.splitlines() if " masquerade comment " in line]
 
-    def nft_cni_rules(self, family: int = 4) -> list[str]:
-        """CNI- chains and rules in the iptables-nft backend (where `iptables` writes here)."""
-        tool = "iptables-nft-save" if family == 4 else "ip6tables-nft-save"
-        out = in_ns(self.ns, tool, "-t", "nat").stdout.splitlines()
-        return [line for line in out if line[:1] in (":", "-") and "CNI-" in line]
+    def macspoof_rules(self) -> list[str]:
+        out = in_ns(self.ns, "nft", "list", "table", "bridge", "nat", check=False).stdout
+        return [line.strip() for line in out.splitlines() if "macspoofchk-" in line
+                or "chain cni-br-iface-" in line]
+
+    def cni_rules(self, family: int = 4, backend: str | None = None) -> list[str]:
+        """CNI chains and rules in one backend, or (None) in all three at once."""
+        if backend == "nftables":
+            return [r for r in self.masq_rules() if (" ip6 " in f" {r}") == (family == 6)]
+        if backend is not None:
+            return [line for line in self.nat(family, backend) if "CNI-" in line]
+        return (self.cni_rules(family, "legacy") + self.cni_rules(family, "iptables-nft")
+                + self.cni_rules(family, "nftables"))
 
     def leases(self, net: str = NET) -> dict[str, str]:
         d = self.data_dir / net
@@ -290,7 +307,9 @@ class Node:
         assert eventually(lambda: not self.veths()), self.veths()
         assert self.leases() == {}
         assert self.cni_rules(4) == [] and self.cni_rules(6) == []
-        assert [line for line in self.nat(4) if line.startswith("-A POSTROUTING")] == []
+        for backend in ("legacy", "iptables-nft"):
+            assert [line for line in self.nat(4, backend) if line.startswith("-A POSTROUTING")] == []
+        assert self.macspoof_rules() == []
         for pod in pods:
             if os.path.exists(f"/run/netns/{pod}"):
                 assert self.pod_links(pod) == ["lo"]
@@ -404,24 +423,47 @@ def test_the_gateway_pins_the_bridge_mac_also_after_its_ports_all_left(node):
     assert node.link(BR)["address"] == mac  # pinned: no longer follows its ports
 
 
-def test_ip_masq_chain_and_rules_in_the_legacy_nat_table(node):
+@pytest.mark.parametrize("iptables", ["host", "legacy"])
+def test_ip_masq_chain_and_rules_where_the_hosts_iptables_puts_them(node, iptables):
+    """Unset ipMasqBackend: the backend of the `iptables` on PATH (nf_tables on Debian 12, or
+    legacy on a host whose iptables is iptables-legacy), and nothing in the other one."""
     pod = node.pod()
     result = node.add(node.conf(isGateway=True, ipMasq=True,
-                                ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]]), pod)
+                                ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]]), pod,
+                      iptables=iptables)
+    backend, other = ("iptables-nft", "legacy") if iptables == "host" else ("legacy", "iptables-nft")
     chain = chain_name(pod)
     assert re.fullmatch(r"CNI-[0-9a-f]{24}", chain)
     comment = f'-m comment --comment "name: \\"{NET}\\" id: \\"{pod}\\""'
-    assert node.cni_rules(4) == [
+    assert node.cni_rules(4, backend) == [
         f":{chain} - [0:0]",
         f"-A POSTROUTING -s {pod_ip(result)}/32 {comment} -j {chain}",
         f"-A {chain} -d {SUBNET} {comment} -j ACCEPT",
         f"-A {chain} ! -d 224.0.0.0/4 {comment} -j MASQUERADE"]
-    assert node.cni_rules(6) == [
+    assert node.cni_rules(6, backend) == [
         f":{chain} - [0:0]",
         f"-A POSTROUTING -s {pod_ip(result, 6)}/128 {comment} -j {chain}",
         f"-A {chain} -d {SUBNET6} {comment} -j ACCEPT",
         f"-A {chain} ! -d ff00::/8 {comment} -j MASQUERADE"]
-    assert node.nat(4).count(f"-A POSTROUTING -s {pod_ip(result)}/32 {comment} -j {chain}") == 1
+    assert node.cni_rules(4, other) == node.cni_rules(6, other) == []
+    assert node.cni_rules(4, "nftables") == node.cni_rules(6, "nftables") == []
+    assert node.nat(4, backend).count(f"-A POSTROUTING -s {pod_ip(result)}/32 {comment} -j {chain}") == 1
+
+
+def test_ip_masq_with_the_nftables_backend(node):
+    pod = node.pod()
+    result = node.add(node.conf(isGateway=True, ipMasq=True, ipMasqBackend="nftables",
+                                ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]]), pod)
+    h_net = hashlib.sha512(NET.encode()).hexdigest()[:16]
+    h_att = hashlib.sha512(f"eth0:{pod}".encode()).hexdigest()[:16]
+    comment = f'comment "{h_net}-{h_att}, net: {NET}, if: eth0, id: {pod}"'
+    assert node.masq_rules() == [
+        f"ip saddr {pod_ip(result)} ip daddr != {SUBNET} masquerade {comment}",
+        f"ip6 saddr {pod_ip(result, 6)} ip6 daddr != {SUBNET6} masquerade {comment}"]
+    assert node.cni_rules(4, "iptables-nft") == node.cni_rules(4, "legacy") == []
+    node.cni("CHECK", node.conf(isGateway=True, ipMasq=True, ipMasqBackend="nftables",
+                                ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]]),
+             pod, prev=result).ok()
 
 
 def test_mtu_on_the_new_bridge_and_both_veth_ends(node):
@@ -594,18 +636,29 @@ def test_disable_container_interface_with_ipam_is_a_config_error(node):
     node.assert_no_trace(pod)
 
 
-@pytest.mark.parametrize("keys,named", [
-    ({"macspoofchk": True}, "macspoofchk"),
-    ({"ipMasq": True, "ipMasqBackend": "nftables"}, "ipMasqBackend"),
-], ids=["macspoofchk", "nftables"])
-def test_unimplemented_keys_are_refused_with_code_2(node, keys, named):
+@pytest.mark.parametrize("value", ["", "iptable", "NFTABLES", 5, True])
+def test_an_unknown_ip_masq_backend_is_refused_before_anything_is_made(node, value):
+    """The reference fails only after its IPAM ADD (then releases the lease); we refuse first."""
     pod = node.pod()
-    err = node.cni("ADD", node.conf(**keys), pod).error
-    assert err["code"] == 2 and named in err["msg"], err
-    assert node.link(BR) is None
+    conf = node.conf(isGateway=True, ipMasq=True, ipMasqBackend=value)
+    err = node.cni("ADD", conf, pod).error
+    assert err["code"] == 7 and "ipMasqBackend" in err["msg"], err
+    assert node.link(BR) is None and not (node.data_dir / NET).exists()
     node.assert_no_trace(pod)
-    # ... and DEL of such a conf still works (it must be able to clean up)
-    node.cni("DEL", node.conf(**keys), pod).ok()
+    if isinstance(value, str):  # DEL of such a conf still works (it must clean up) ...
+        node.cni("DEL", conf, pod).ok()
+    else:  # ... but a value of the wrong type is undecodable for every verb, as in the reference
+        assert node.cni("DEL", conf, pod).error["code"] == 7
+
+
+def test_ip_masq_backend_is_read_only_with_ip_masq(node):
+    pod = node.pod()
+    conf = node.conf(isGateway=True, ipMasqBackend="bogus")
+    result = node.add(conf, pod)
+    assert node.cni_rules() == []
+    node.cni("DEL", conf, pod, prev=result).ok()
+    result = node.add(node.conf(isGateway=True, ipMasq=True, ipMasqBackend=None), pod)
+    assert node.cni_rules(4, "iptables-nft")  # null is unset
 
 
 # --- verbs -------------------------------------------------------------------------------------
@@ -731,8 +784,12 @@ def test_del_keeps_the_lease_when_the_pod_interface_cannot_be_deleted(node, tmp_
     node.add(conf, pod)
     not_a_netns = tmp_path / "not-a-netns"
     not_a_netns.write_text("")
-    assert node.cni("DEL", conf, pod, netns=str(not_a_netns)).error["code"] == 102
-    assert len(node.leases()) == 1
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (not_a_netns, fifo, tmp_path):  # a FIFO must not block us either
+        err = node.cni("DEL", conf, pod, netns=str(path)).error
+        assert err["code"] == 4 and "not a network namespace" in err["msg"], err
+        assert len(node.leases()) == 1
     node.cni("DEL", conf, pod).ok()
     node.assert_no_trace(pod)
 
@@ -793,17 +850,17 @@ def test_gc_also_removes_stale_chains_the_go_bridge_put_in_the_nft_backend(node)
     conf = node.conf("1.0.0", isGateway=True, ipMasq=True)
     keep, stale = node.pod(), node.pod()
     for pod in (keep, stale):
-        node.add(conf, pod, plugin=GO_BRIDGE, go_iptables="nft")
+        node.add(conf, pod, plugin=GO_BRIDGE)
     other = node.pod()  # another network's chain, same comment format: not ours to collect
-    node.add(dict(conf, name="othernet"), other, plugin=GO_BRIDGE, go_iptables="nft")
+    node.add(dict(conf, name="othernet"), other, plugin=GO_BRIDGE)
     gc = dict(conf, cniVersion="1.1.0",
               **{"cni.dev/valid-attachments": [{"containerID": keep, "ifname": "eth0"}]})
     node.cni("GC", gc).ok()
-    text = "\n".join(node.nft_cni_rules(4))
+    text = "\n".join(node.cni_rules(4, "iptables-nft"))
     assert chain_name(keep) in text and chain_name(other, "othernet") in text
     assert chain_name(stale) not in text
     assert not any(line.startswith("-A POSTROUTING") and chain_name(stale) in line
-                   for line in node.nft_cni_rules(4))
+                   for line in node.cni_rules(4, "iptables-nft"))
 
 
 # --- connectivity ------------------------------------------------------------------------------
@@ -858,10 +915,14 @@ def _source_seen_by(ext: str, pod: str) -> str:
         server.wait()
 
 
-def test_ip_masq_snats_pod_traffic_to_the_node_address(node):
+@pytest.mark.parametrize("backend", ["unset", "legacy", "nftables"])
+def test_ip_masq_snats_pod_traffic_to_the_node_address(node, backend):
     ext = _external_host(node)
     pod = node.pod()
-    ip = pod_ip(node.add(node.conf(isDefaultGateway=True, ipMasq=True), pod))
+    keys = {"ipMasqBackend": "nftables"} if backend == "nftables" else {}
+    ip = pod_ip(node.add(node.conf(isDefaultGateway=True, ipMasq=True, **keys), pod,
+                         iptables="legacy" if backend == "legacy" else "host"))
+    assert node.cni_rules(4, {"unset": "iptables-nft"}.get(backend, backend))
     assert ping(pod, EXT_IP, count=2)  # answered although the host has no route to the pods
     flows = [f for f in _icmp_flows(node) if f[0] == (ip, EXT_IP)]
     assert flows and flows[0][1] == (EXT_IP, EXT_NODE_IP), _icmp_flows(node)
@@ -931,44 +992,36 @@ def test_a_mixed_pair_adds_pings_checks_and_deletes(node, pair):
 
 
 @needs_go
-def test_the_go_bridge_deletes_what_ours_added(node):
+@pytest.mark.parametrize("iptables", ["host", "legacy"])
+def test_the_go_bridge_deletes_what_ours_added(node, iptables):
+    """Both on the host's iptables (nf_tables here), or both on a legacy host."""
     conf = node.conf(isGateway=True, ipMasq=True,
                      ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]])
     pod = node.pod()
-    result = node.add(conf, pod)
-    node.cni("CHECK", conf, pod, prev=result, plugin=GO_BRIDGE).ok()
-    node.cni("DEL", conf, pod, prev=result, plugin=GO_BRIDGE).ok()
+    result = node.add(conf, pod, iptables=iptables)
+    node.cni("CHECK", conf, pod, prev=result, plugin=GO_BRIDGE, iptables=iptables).ok()
+    node.cni("DEL", conf, pod, prev=result, plugin=GO_BRIDGE, iptables=iptables).ok()
     node.assert_no_trace(pod)
 
 
 @needs_go
-def test_ours_deletes_what_the_go_bridge_added(node):
-    conf = node.conf(isGateway=True, ipMasq=True,
-                     ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]])
-    pod = node.pod()
-    result = node.add(conf, pod, plugin=GO_BRIDGE)
-    assert node.cni_rules(4) and node.cni_rules(6)
-    node.cni("CHECK", conf, pod, prev=result).ok()
-    node.cni("DEL", conf, pod, prev=result).ok()
-    node.assert_no_trace(pod)
-
-
-@needs_go
+@pytest.mark.parametrize("iptables", ["host", "legacy"])
 @pytest.mark.parametrize("how", ["with prevResult", "empty CNI_NETNS, no prevResult"])
-def test_ours_deletes_what_the_go_bridge_added_with_the_hosts_nft_iptables(node, how):
-    """Debian 12's `iptables` is the nf_tables variant: that is where the Go bridge puts its
-    chain, and where our DEL (after switching plugins on a running node) must find it."""
+def test_ours_deletes_what_the_go_bridge_added(node, iptables, how):
+    """Also after switching plugins on a running node: our DEL finds the Go plugin's chain
+    wherever its `iptables` put it, with or without the pod's netns."""
     conf = node.conf(isGateway=True, ipMasq=True,
                      ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]])
     pod = node.pod()
-    result = node.add(conf, pod, plugin=GO_BRIDGE, go_iptables="nft")
-    assert node.nft_cni_rules(4) and node.nft_cni_rules(6) and not node.cni_rules(4)
+    result = node.add(conf, pod, plugin=GO_BRIDGE, iptables=iptables)
+    backend = "iptables-nft" if iptables == "host" else "legacy"
+    assert node.cni_rules(4, backend) and node.cni_rules(6, backend)
     if how == "with prevResult":
+        node.cni("CHECK", conf, pod, prev=result, iptables=iptables).ok()
         node.cni("DEL", conf, pod, prev=result).ok()
     else:
         node.cni("DEL", conf, pod, netns="").ok()
         sh(IP, "netns", "del", pod)
-    assert node.nft_cni_rules(4) == [] and node.nft_cni_rules(6) == []
     node.assert_no_trace(pod)
 
 

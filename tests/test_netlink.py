@@ -812,7 +812,7 @@ def test_netns_enter_switches_and_restores(node, pod):
     assert result["after"] == result["after_exception"] == result["after_errors"] == result["before"]
     missing, not_netns = result["errors"]
     assert missing["type"] == "NetnsNotFound" and missing["errno"] == 2 and missing["is_oserror"]
-    assert not_netns["type"] == "NetnsError" and not_netns["errno"] == 22
+    assert not_netns["type"] == "NotANetns" and not_netns["errno"] == 22
     assert "probe0" in link_names(pod) and "probe0" not in link_names(node)
     assert read_in(pod, "/proc/sys/net/ipv4/ip_forward") == "1"
     assert read_in(node, "/proc/sys/net/ipv4/ip_forward") == "0"

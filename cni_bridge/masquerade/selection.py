@@ -1,0 +1,100 @@
+"""Which backend an ADD masquerades with, chosen as the reference chooses (REFERENCE.md 7.1).
+
+`ipMasqBackend` unset: iptables, unless iptables is unusable and nftables is usable.
+"iptables" means the backend the host's `iptables` command uses: its nf_tables variant
+(iptables-nft, the default of Debian 10+, RHEL 8+, ...) or the legacy x_tables one. We tell
+which from the command's real path (`/usr/sbin/iptables` -> /etc/alternatives/iptables ->
+xtables-nft-multi), a few stat calls, and only exec `iptables --version` when that path does not
+say (a wrapper script such as Kubernetes' iptables-wrapper).
+"""
+from __future__ import annotations
+
+import os
+
+from . import error
+from .iptables_nft import NAME as IPTABLES_NFT
+from .legacy import NAME as LEGACY
+from .nftables import NAME as NFTABLES
+
+_DEFAULT_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _search_dirs() -> list[str]:
+    """PATH first (runtimes pass theirs), then the usual places (some pass none)."""
+    dirs = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")]
+    return dirs + [d for d in _DEFAULT_DIRS if d not in dirs]
+
+
+def host_iptables() -> tuple[str, str] | None:
+    """(path of the host's `iptables`, "nft" or "legacy"), or None if there is none."""
+    for directory in _search_dirs():
+        path = f"{directory}/iptables"
+        if not os.access(path, os.X_OK):
+            continue
+        target = os.path.basename(os.path.realpath(path))
+        if "nft" in target:
+            return path, "nft"
+        if "legacy" in target:
+            return path, "legacy"
+        return path, _ask_variant(path)
+    return None
+
+
+def _ask_variant(path: str) -> str:
+    """`iptables --version` says "(nf_tables)" or "(legacy)"; before 1.8 there was only legacy."""
+    from ..process import Child
+
+    code, out = Child([path, "--version"], {"PATH": ":".join(_DEFAULT_DIRS)}, b"",
+                      stderr_to_stdout=True).wait()
+    return "nft" if code == 0 and b"nf_tables" in out else "legacy"
+
+
+def nf_tables_problem() -> str | None:
+    """Why nf_tables cannot be used in this netns (None: it can): one harmless query."""
+    from .. import nfnetlink as nf
+
+    try:
+        with nf.NfTables() as nft:
+            nft.has_table(nf.INET, "cni_plugins_probe")
+    except OSError as e:
+        return f"the kernel's nf_tables does not answer ({e})"
+    return None
+
+
+def legacy_problem() -> str | None:
+    """Why the legacy x_tables cannot be used (None: they can): the kernel must have them,
+    loaded (their /proc file) or as a module python-iptables can load."""
+    if os.path.exists("/proc/net/ip_tables_names") or os.path.isdir("/sys/module/ip_tables"):
+        return None
+    release = os.uname().release
+    try:
+        with open(f"/lib/modules/{release}/modules.dep", "rb") as f:
+            if b"/ip_tables.ko" in f.read():
+                return None
+    except OSError:
+        pass
+    return "the kernel has no legacy x_tables (CONFIG_IP_NF_IPTABLES)"
+
+
+def choose(setting: str | None) -> str:
+    """The backend ADD writes to for `ipMasqBackend` (None: unset); MasqueradeError (code 102
+    to the runtime) when it cannot be used, naming what is missing."""
+    if setting == NFTABLES:
+        problem = nf_tables_problem()
+        if problem:
+            raise error(f'ipMasqBackend "nftables" cannot be used: {problem}')
+        return NFTABLES
+    found = host_iptables()
+    backend = None if found is None else (IPTABLES_NFT if found[1] == "nft" else LEGACY)
+    problem = (f"no iptables command (looked in {':'.join(_search_dirs())})" if found is None
+               else nf_tables_problem() if backend == IPTABLES_NFT else legacy_problem())
+    if setting == "iptables":
+        if problem:
+            raise error(f'ipMasqBackend "iptables" cannot be used: {problem}')
+        return backend
+    if not problem:
+        return backend
+    nft_problem = nf_tables_problem()
+    if nft_problem:
+        raise error(f"no usable masquerade backend: iptables: {problem}; nftables: {nft_problem}")
+    return NFTABLES
