@@ -342,6 +342,18 @@ def pod_ip(result: dict, family: int = 4) -> str:
     raise AssertionError(f"no IPv{family} address in {result}")
 
 
+# (id, conf keys, the plugin's iptables, where the rules land) for each masquerade backend
+BACKENDS = [pytest.param({}, "host", "iptables-nft", id="unset"),
+            pytest.param({}, "legacy", "legacy", id="legacy-host"),
+            pytest.param({"ipMasqBackend": "nftables"}, "host", "nftables", id="nftables")]
+
+
+def masq_lines(node: "Node", backend: str, *needles: str) -> list[str]:
+    """The backend's masquerade rules that mention any of `needles` (addresses, chains)."""
+    lines = node.cni_rules(4, backend) + node.cni_rules(6, backend)
+    return [line for line in lines if any(n in line for n in needles)]
+
+
 # --- config keys -------------------------------------------------------------------------------
 
 def test_default_bridge_is_cni0(node):
@@ -818,30 +830,32 @@ def test_status_is_delegated_to_host_local(node):
     node.cni("STATUS", node.conf("1.1.0", ipam=False)).ok()  # nothing to delegate to
 
 
-def test_gc_removes_the_leases_and_chains_of_stale_attachments(node):
-    conf = node.conf("1.1.0", isGateway=True, ipMasq=True)
+@pytest.mark.parametrize("keys,iptables,backend", BACKENDS)
+def test_gc_removes_the_leases_and_rules_of_stale_attachments(node, keys, iptables, backend):
+    conf = node.conf("1.1.0", isGateway=True, ipMasq=True, **keys)
     pods = [node.pod() for _ in range(3)]
-    results = {pod: node.add(conf, pod) for pod in pods}
+    results = {pod: node.add(conf, pod, iptables=iptables) for pod in pods}
     keep, *stale = pods
     other, other_pod = dict(conf, name="othernet"), node.pod()  # not ours to collect
-    node.add(other, other_pod)
+    other_ip = pod_ip(node.add(other, other_pod, iptables=iptables))
     valid = [{"containerID": keep, "ifname": "eth0"}]
-    node.cni("GC", dict(conf, **{"cni.dev/valid-attachments": valid})).ok()
+    node.cni("GC", dict(conf, **{"cni.dev/valid-attachments": valid}), iptables=iptables).ok()
     assert node.leases() == {pod_ip(results[keep]): f"{keep}\r\neth0"}
-    text = "\n".join(node.nat())
-    assert chain_name(keep) in text
-    assert all(chain_name(pod) not in text for pod in stale)
-    assert sum(1 for line in node.nat() if line.startswith("-A POSTROUTING")) == 2
+    assert masq_lines(node, backend, pod_ip(results[keep]) + " ", pod_ip(results[keep]) + "/")
+    for pod in stale:
+        assert masq_lines(node, backend, pod_ip(results[pod]) + " ", pod_ip(results[pod]) + "/",
+                          chain_name(pod)) == []
     assert len(node.leases("othernet")) == 1
     # GC again is a no-op, and GC without the list is refused
-    node.cni("GC", dict(conf, **{"cni.dev/valid-attachments": valid})).ok()
+    node.cni("GC", dict(conf, **{"cni.dev/valid-attachments": valid}), iptables=iptables).ok()
     assert node.leases() == {pod_ip(results[keep]): f"{keep}\r\neth0"}
     assert node.cni("GC", conf).error["code"] == 7
     # libcni's alias, with no attachment left valid: everything of this network goes
-    node.cni("GC", dict(conf, **{"cni.dev/attachments": []})).ok()
+    node.cni("GC", dict(conf, **{"cni.dev/attachments": []}), iptables=iptables).ok()
     assert node.leases() == {} and len(node.leases("othernet")) == 1
-    assert [line for line in node.nat() if "CNI-" in line and line[:1] == ":"] == \
-        [f":{chain_name(other_pod, 'othernet')} - [0:0]"]
+    left = node.cni_rules(4, backend)
+    assert left and all(other_ip in line or chain_name(other_pod, "othernet") in line
+                        for line in left), left
 
 
 @needs_go
@@ -1027,12 +1041,14 @@ def test_ours_deletes_what_the_go_bridge_added(node, iptables, how):
 
 # --- concurrency -------------------------------------------------------------------------------
 
-def test_32_parallel_adds_on_a_fresh_node_then_32_parallel_dels(node):
+@pytest.mark.parametrize("keys,iptables,backend", BACKENDS)
+def test_32_parallel_adds_on_a_fresh_node_then_32_parallel_dels(node, keys, iptables, backend):
     n = 32
-    conf = node.conf(isDefaultGateway=True, ipMasq=True)
+    conf = node.conf(isDefaultGateway=True, ipMasq=True, **keys)
     pods = [node.pod() for _ in range(n)]
     assert node.link(BR) is None
-    outs = [node.finish(p) for p in [node.start("ADD", conf, pod) for pod in pods]]
+    outs = [node.finish(p) for p in [node.start("ADD", conf, pod, iptables=iptables)
+                                     for pod in pods]]
     results = [out.result for out in outs]
     ips = [pod_ip(r) for r in results]
     assert len(set(ips)) == n
@@ -1041,18 +1057,74 @@ def test_32_parallel_adds_on_a_fresh_node_then_32_parallel_dels(node):
     assert sorted(v["ifname"] for v in node.veths()) == \
         sorted(r["interfaces"][1]["name"] for r in results)
     assert all(v["master"] == BR for v in node.veths())
-    nat = node.nat()
+    rules = node.cni_rules(4, backend)
     for pod, ip in zip(pods, ips):
+        if backend == "nftables":
+            assert sum(1 for line in rules if line.startswith(f"ip saddr {ip} ")) == 1
+            continue
         chain = chain_name(pod)
-        assert f":{chain} - [0:0]" in nat
-        assert sum(1 for line in nat if line.startswith(f"-A POSTROUTING -s {ip}/32 ")
+        assert f":{chain} - [0:0]" in rules
+        assert sum(1 for line in rules if line.startswith(f"-A POSTROUTING -s {ip}/32 ")
                    and line.endswith(f"-j {chain}")) == 1
-        assert sum(1 for line in nat if line.startswith(f"-A {chain} ")) == 2
+        assert sum(1 for line in rules if line.startswith(f"-A {chain} ")) == 2
     for pod in pods[:4]:
         assert ping(pod, GATEWAY)
 
-    outs = [node.finish(p) for p in [node.start("DEL", conf, pod, prev=r)
+    outs = [node.finish(p) for p in [node.start("DEL", conf, pod, prev=r, iptables=iptables)
                                      for pod, r in zip(pods, results)]]
     for out in outs:
         out.ok()
     node.assert_no_trace(*pods)
+
+
+@pytest.mark.parametrize("keys,iptables,backend", BACKENDS)
+def test_kill_9_during_add_then_del_leaves_nothing(node, keys, iptables, backend):
+    """A runtime's timeout kills the plugin at any instant; the DEL it sends next cleans up."""
+    conf = node.conf(isDefaultGateway=True, ipMasq=True, macspoofchk=True, **keys)
+    for delay_ms in (0, 3, 6, 10, 15, 20, 30, 45, 70, 100):
+        pod = node.pod()
+        proc = node.start("ADD", conf, pod, iptables=iptables)
+        time.sleep(delay_ms / 1000)
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+        node.cni("DEL", conf, pod, iptables=iptables).ok()
+        node.assert_no_trace(pod)
+
+
+@pytest.mark.parametrize("keys,iptables,backend", BACKENDS)
+def test_check_fails_when_the_masquerade_rules_are_gone(node, keys, iptables, backend):
+    """The spec: CHECK fails when resources the plugin created (firewall rules) are missing."""
+    conf = node.conf(isGateway=True, ipMasq=True, **keys)
+    pod = node.pod()
+    result = node.add(conf, pod, iptables=iptables)
+    node.cni("CHECK", conf, pod, prev=result, iptables=iptables).ok()
+    if backend == "nftables":
+        in_ns(node.ns, "nft", "flush", "chain", "inet", "cni_plugins_masquerade", "masq_checks")
+    else:
+        tool = "iptables-legacy" if backend == "legacy" else "iptables-nft"
+        in_ns(node.ns, tool, "-w", "-t", "nat", "-F", chain_name(pod))
+    err = node.cni("CHECK", conf, pod, prev=result, iptables=iptables).error
+    assert err["code"] == 103 and "ipMasq" in err["msg"] and backend in err["msg"], err
+
+
+@pytest.mark.parametrize("keys,iptables,backend", BACKENDS)
+def test_del_of_one_of_two_attachments_keeps_the_others_masquerade(node, keys, iptables, backend):
+    """A container with eth0 and eth1 on one network: the iptables chain is named after the
+    network and the container ID, so both attachments share it; DEL of eth1 must not take
+    eth0's masquerade with it (the Go plugins flush the shared chain, then fail "busy")."""
+    ext = _external_host(node)
+    conf = node.conf(isDefaultGateway=True, ipMasq=True, **keys)
+    pod = node.pod()
+    r0 = node.add(conf, pod, cid="c1", ifname="eth0", iptables=iptables)
+    r1 = node.add(dict(conf, isDefaultGateway=False, isGateway=True), pod, cid="c1",
+                  ifname="eth1", iptables=iptables)
+    node.cni("DEL", conf, pod, cid="c1", ifname="eth1", prev=r1, iptables=iptables).ok()
+    node.cni("CHECK", conf, pod, cid="c1", ifname="eth0", prev=r0, iptables=iptables).ok()
+    assert masq_lines(node, backend, pod_ip(r1) + " ", pod_ip(r1) + "/") == []
+    assert ping(pod, EXT_IP, count=2)  # still masqueraded: the external host cannot route pods
+    assert _source_seen_by(ext, pod) == EXT_NODE_IP
+    node.cni("DEL", conf, pod, cid="c1", ifname="eth0", prev=r0, iptables=iptables).ok()
+    sh(IP, "-n", node.ns, "link", "del", "uplink")  # the external host's: not a pod's
+    node.assert_no_trace(pod)

@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from cni_bridge.masquerade import naming  # noqa: E402
 
-GO_111 = Path("/usr/lib/cni")
-GO_191 = ROOT.parent / "shared" / "reference-v1.9.1"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e import REFERENCE_DIR as GO_111, UPSTREAM_DIR as GO_191  # noqa: E402
+
 LEGACY_MULTI = Path("/usr/sbin/xtables-legacy-multi")
 CHILD_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 BACKENDS = ["legacy", "iptables-nft", "nftables"]

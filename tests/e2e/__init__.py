@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = Path("/usr/lib/cni")
+REFERENCE_DIR = Path("/usr/lib/cni")  # Debian's Go plugins, 1.1.1
+UPSTREAM_DIR = ROOT.parent / "shared" / "reference-v1.9.1"  # upstream's newest; CI has ../shared
 
 
 def plugins_under_test(zipapp) -> Path:
