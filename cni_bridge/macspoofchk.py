@@ -62,28 +62,29 @@ def setup(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str, mac:
     chain, mac_chain = _chains(container_id, ifname)
     comment = naming.macspoof_comment(container_id, ifname)
     table = naming.MACSPOOF_TABLE
-    batch = nf.Batch()
-    batch.add_table(nf.BRIDGE, table)
-    batch.add_chain(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN, hook=nf.HOOK_PREROUTING,
-                    priority=naming.MACSPOOF_PRIORITY, chain_type="filter")
-    batch.add_chain(nf.BRIDGE, table, chain)
-    batch.add_chain(nf.BRIDGE, table, mac_chain)
-    batch.flush_chain(nf.BRIDGE, table, chain)
-    batch.flush_chain(nf.BRIDGE, table, mac_chain)
-    if nft.has_table(nf.BRIDGE, table):
-        for stale in _prerouting_rules(nft, comment.encode()):
-            batch.delete_rule(stale)
-    batch.add_rule(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN,
-                   nf.iifname(host_veth) + [nf.verdict(nf.VERDICT_JUMP, chain)], comment)
-    batch.add_rule(nf.BRIDGE, table, chain, [nf.verdict(nf.VERDICT_JUMP, mac_chain)], comment)
-    batch.add_rule(nf.BRIDGE, table, mac_chain,
-                   nf.ether_saddr(bytes.fromhex(mac.replace(":", "")))
-                   + [nf.verdict(nf.VERDICT_RETURN)], comment)
-    batch.add_rule(nf.BRIDGE, table, mac_chain, [nf.verdict(nf.VERDICT_DROP)], comment)
-    try:
-        nft.commit(batch, f"macspoofchk: set up {chain}")
-    except nf.NetlinkError as e:
-        raise MacSpoofCheckError(str(e)) from None
+
+    def build() -> nf.Batch:
+        batch = nf.Batch()
+        batch.add_table(nf.BRIDGE, table)
+        batch.add_chain(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN, hook=nf.HOOK_PREROUTING,
+                        priority=naming.MACSPOOF_PRIORITY, chain_type="filter")
+        batch.add_chain(nf.BRIDGE, table, chain)
+        batch.add_chain(nf.BRIDGE, table, mac_chain)
+        batch.flush_chain(nf.BRIDGE, table, chain)
+        batch.flush_chain(nf.BRIDGE, table, mac_chain)
+        if nft.has_table(nf.BRIDGE, table):
+            for stale in _prerouting_rules(nft, comment.encode()):
+                batch.delete_rule(stale)
+        batch.add_rule(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN,
+                       nf.iifname(host_veth) + [nf.verdict(nf.VERDICT_JUMP, chain)], comment)
+        batch.add_rule(nf.BRIDGE, table, chain, [nf.verdict(nf.VERDICT_JUMP, mac_chain)], comment)
+        batch.add_rule(nf.BRIDGE, table, mac_chain,
+                       nf.ether_saddr(bytes.fromhex(mac.replace(":", "")))
+                       + [nf.verdict(nf.VERDICT_RETURN)], comment)
+        batch.add_rule(nf.BRIDGE, table, mac_chain, [nf.verdict(nf.VERDICT_DROP)], comment)
+        return batch
+
+    _transact(nft, build, f"macspoofchk: set up {chain}")
 
 
 def teardown(nft: nf.NfTables, container_id: str, ifname: str) -> bool:
@@ -93,15 +94,14 @@ def teardown(nft: nf.NfTables, container_id: str, ifname: str) -> bool:
     table = naming.MACSPOOF_TABLE
     if name_problem(container_id, ifname) or not nft.has_table(nf.BRIDGE, table):
         return False
-    batch = nf.Batch()
-    for rule in _prerouting_rules(nft, naming.macspoof_comment(container_id, ifname).encode()):
-        batch.delete_rule(rule)
-    _delete_chains(nft, batch, (chain, mac_chain))
-    try:
-        nft.commit(batch, f"macspoofchk: tear down {chain}")
-    except nf.NetlinkError as e:
-        raise MacSpoofCheckError(str(e)) from None
-    return bool(batch)
+    def build() -> nf.Batch:
+        batch = nf.Batch()
+        for rule in _prerouting_rules(nft, naming.macspoof_comment(container_id, ifname).encode()):
+            batch.delete_rule(rule)
+        _delete_chains(nft, batch, (chain, mac_chain))
+        return batch
+
+    return bool(_transact(nft, build, f"macspoofchk: tear down {chain}"))
 
 
 def missing(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str,
@@ -139,23 +139,32 @@ def gc(nft: nf.NfTables, valid: set[tuple[str, str]], is_ours) -> int:
         return 0
     keep = {naming.macspoof_comment(cid, ifname).encode() for cid, ifname in valid}
     stale: dict[bytes, list[nf.Rule]] = {}
-    for rule in nft.list_rules(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN):
-        comment = rule.comment
-        if (comment is not None and comment.startswith(b"macspoofchk-") and comment not in keep
-                and len(rule.exprs) > 1 and is_ours(_veth_of(rule))):
-            stale.setdefault(comment, []).append(rule)
-    batch = nf.Batch()
-    for comment, rules in stale.items():
-        for rule in rules:
-            batch.delete_rule(rule)
-        targets = rules[0].jump_targets()
-        if targets:
-            _delete_chains(nft, batch, (targets[0], targets[0] + "-mac"))
+
+    def build() -> nf.Batch:
+        stale.clear()
+        for rule in nft.list_rules(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN):
+            comment = rule.comment
+            if (comment is not None and comment.startswith(b"macspoofchk-")
+                    and comment not in keep and len(rule.exprs) > 1 and is_ours(_veth_of(rule))):
+                stale.setdefault(comment, []).append(rule)
+        batch = nf.Batch()
+        for rules in stale.values():
+            for rule in rules:
+                batch.delete_rule(rule)
+            targets = rules[0].jump_targets()
+            if targets:
+                _delete_chains(nft, batch, (targets[0], targets[0] + "-mac"))
+        return batch
+
+    _transact(nft, build, "macspoofchk: collect the checks of stale attachments")
+    return len(stale)
+
+
+def _transact(nft: nf.NfTables, build, what: str) -> nf.Batch:
     try:
-        nft.commit(batch, f"macspoofchk: collect {len(stale)} attachments")
+        return nft.transact(build, what)
     except nf.NetlinkError as e:
         raise MacSpoofCheckError(str(e)) from None
-    return len(stale)
 
 
 def _delete_chains(nft: nf.NfTables, batch: nf.Batch, chains: tuple[str, ...]) -> None:

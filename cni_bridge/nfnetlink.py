@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from .netlink import (NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, NetlinkError,
+from .netlink import (NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, AlreadyExists, NetlinkError,
                       NetlinkSocket, NotFound, _NLMSGHDR, _attr, _error, _extack_message,
                       _get_str, _iter_attrs, _I32)
 
@@ -435,6 +435,20 @@ class NfTables(NetlinkSocket):
             return []
         rules = [Rule(r) for r in replies if r[0] == family]
         return [r for r in rules if r.table == table and (chain is None or r.chain == chain)]
+
+    def transact(self, build, what: str, attempts: int = 3) -> Batch:
+        """Commit `build()`, the batch decided from a fresh read, again from another read if a
+        concurrent change (another plugin's DEL, say) made it name a rule or chain that is gone
+        or one that appeared meanwhile. Returns the batch that was committed."""
+        for attempt in range(attempts):
+            batch = build()
+            try:
+                self.commit(batch, what)
+                return batch
+            except (NotFound, AlreadyExists):
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def commit(self, batch: Batch, what: str) -> None:
         """Apply the batch as one transaction; raise the first error the kernel reports."""

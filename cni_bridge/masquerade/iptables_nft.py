@@ -112,33 +112,37 @@ def setup(nft: nf.NfTables, family: int, network: str, container_id: str,
     fam = _FAMILY[family]
     chain = naming.iptables_chain(network, container_id)
     comment = naming.iptables_comment(network, container_id)
-    batch = nf.Batch()
-    if nft.get_chain(fam, TABLE, POSTROUTING) is None:
-        batch.add_table(fam, TABLE)
-        batch.add_chain(fam, TABLE, POSTROUTING, hook=nf.HOOK_POSTROUTING, priority=100,
-                        chain_type="nat")
-    existing = _rules(nft, family, chain) if has_chain(nft, family, chain) else None
-    if existing is None:
-        batch.add_chain(fam, TABLE, chain)
-        existing = []
-    masq = next((r for r in existing if r.target == "MASQUERADE"), None)
-    accepted = {r.dst for r in existing if r.target == "ACCEPT" and not r.dst_negated}
-    for subnet in dict.fromkeys(prefix_network(a) for a in addresses):
-        if subnet not in accepted:
-            batch.add_rule(fam, TABLE, chain,
-                           _exprs(family, comment, nf.verdict(nf.VERDICT_ACCEPT), dst=subnet),
-                           before=masq.rule.handle if masq else None)
-    if masq is None:
-        multicast = prefix_network(PodAddress(naming.MULTICAST[family]))
-        batch.add_rule(fam, TABLE, chain, _exprs(family, comment, _masquerade(family),
-                                                 dst=multicast, negate_dst=True))
-    sources = {r.src for r in _jumps(nft, family, chain)}
-    for address in addresses:
-        host = (address.packed, address.bits)
-        if host not in sources:
-            batch.add_rule(fam, TABLE, POSTROUTING,
-                           _exprs(family, comment, nf.verdict(nf.VERDICT_JUMP, chain), src=host))
-    nft.commit(batch, f"ipMasq ({NAME}): set up {chain}")
+
+    def build() -> nf.Batch:
+        batch = nf.Batch()
+        if nft.get_chain(fam, TABLE, POSTROUTING) is None:
+            batch.add_table(fam, TABLE)
+            batch.add_chain(fam, TABLE, POSTROUTING, hook=nf.HOOK_POSTROUTING, priority=100,
+                            chain_type="nat")
+        existing = _rules(nft, family, chain) if has_chain(nft, family, chain) else None
+        if existing is None:
+            batch.add_chain(fam, TABLE, chain)
+            existing = []
+        masq = next((r for r in existing if r.target == "MASQUERADE"), None)
+        accepted = {r.dst for r in existing if r.target == "ACCEPT" and not r.dst_negated}
+        for subnet in dict.fromkeys(prefix_network(a) for a in addresses):
+            if subnet not in accepted:
+                batch.add_rule(fam, TABLE, chain,
+                               _exprs(family, comment, nf.verdict(nf.VERDICT_ACCEPT), dst=subnet),
+                               before=masq.rule.handle if masq else None)
+        if masq is None:
+            multicast = prefix_network(PodAddress(naming.MULTICAST[family]))
+            batch.add_rule(fam, TABLE, chain, _exprs(family, comment, _masquerade(family),
+                                                     dst=multicast, negate_dst=True))
+        sources = {r.src for r in _jumps(nft, family, chain)}
+        for address in addresses:
+            host = (address.packed, address.bits)
+            if host not in sources:
+                batch.add_rule(fam, TABLE, POSTROUTING, _exprs(
+                    family, comment, nf.verdict(nf.VERDICT_JUMP, chain), src=host))
+        return batch
+
+    nft.transact(build, f"ipMasq ({NAME}): set up {chain}")
 
 
 def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
@@ -153,16 +157,22 @@ def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
     chain = naming.iptables_chain(network, container_id)
     if not has_chain(nft, family, chain):
         return False
-    jumps = _jumps(nft, family, chain)
-    mine = jumps if addresses is None else [
-        r for r in jumps if r.src is not None and any(contains(r.src, a) for a in addresses)]
-    batch = nf.Batch()
-    for r in mine:
-        batch.delete_rule(r.rule)
-    if len(mine) == len(jumps):
-        batch.flush_chain(fam, TABLE, chain)
-        batch.delete_chain(fam, TABLE, chain)
-    nft.commit(batch, f"ipMasq ({NAME}): tear down {chain}")
+
+    def build() -> nf.Batch:
+        batch = nf.Batch()
+        if not has_chain(nft, family, chain):
+            return batch  # gone meanwhile
+        jumps = _jumps(nft, family, chain)
+        mine = jumps if addresses is None else [
+            r for r in jumps if r.src is not None and any(contains(r.src, a) for a in addresses)]
+        for r in mine:
+            batch.delete_rule(r.rule)
+        if len(mine) == len(jumps):
+            batch.flush_chain(fam, TABLE, chain)
+            batch.delete_chain(fam, TABLE, chain)
+        return batch
+
+    nft.transact(build, f"ipMasq ({NAME}): tear down {chain}")
     return True
 
 
@@ -190,22 +200,25 @@ def gc(nft: nf.NfTables, family: int, network: str, keep: set[str]) -> list[str]
     `name: "<network>" id: "`: no need to read the ID back, which iptables may have cut."""
     fam = _FAMILY[family]
     prefix = naming.iptables_comment(network, "")[:-1].encode()
-    victims = []
-    for c in nft.list_chains(fam, TABLE):
-        if naming.is_iptables_chain_name(c.name) and c.name not in keep:
-            rules = _rules(nft, family, c.name)
-            if rules and rules[0].comment is not None and rules[0].comment.startswith(prefix):
-                victims.append(c.name)
-    if not victims:
-        return []
-    batch = nf.Batch()
-    for r in _rules(nft, family, POSTROUTING):
-        if r.target in victims:
-            batch.delete_rule(r.rule)
-    for chain in victims:
-        batch.flush_chain(fam, TABLE, chain)
-        batch.delete_chain(fam, TABLE, chain)
-    nft.commit(batch, f"ipMasq ({NAME}): collect {len(victims)} chains of {network}")
+    victims: list[str] = []
+
+    def build() -> nf.Batch:
+        victims.clear()
+        for c in nft.list_chains(fam, TABLE):
+            if naming.is_iptables_chain_name(c.name) and c.name not in keep:
+                rules = _rules(nft, family, c.name)
+                if rules and rules[0].comment is not None and rules[0].comment.startswith(prefix):
+                    victims.append(c.name)
+        batch = nf.Batch()
+        for r in _rules(nft, family, POSTROUTING) if victims else []:
+            if r.target in victims:
+                batch.delete_rule(r.rule)
+        for chain in victims:
+            batch.flush_chain(fam, TABLE, chain)
+            batch.delete_chain(fam, TABLE, chain)
+        return batch
+
+    nft.transact(build, f"ipMasq ({NAME}): collect the stale chains of {network}")
     return victims
 
 

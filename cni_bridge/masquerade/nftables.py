@@ -83,25 +83,30 @@ def setup(nft: nf.NfTables, network: str, container_id: str, ifname: str,
     """Table and chains if missing, postrouting's three rules if not already there, the
     attachment's old rules replaced by one per address: one transaction."""
     table = naming.NFT_TABLE
-    exists = table_exists(nft)
-    batch = nf.Batch()
-    batch.add_table(nf.INET, table, comment=naming.NFT_TABLE_COMMENT)
-    batch.add_chain(nf.INET, table, naming.NFT_MASQ_CHAIN, comment=naming.NFT_MASQ_CHAIN_COMMENT)
-    batch.add_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, hook=nf.HOOK_POSTROUTING,
-                    priority=100, chain_type="nat")
-    postrouting = (nft.list_rules(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
-                   if exists else [])
-    if not _postrouting_is_ours(postrouting):
-        batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
-        for exprs in _postrouting_rules():
-            batch.add_rule(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, exprs)
     prefix = naming.nft_instance_prefix(network, ifname, container_id)
-    for stale in _matching(_masq_rules(nft) if exists else [], prefix):
-        batch.delete_rule(stale)
     comment = naming.nft_comment(network, ifname, container_id)
-    for address in addresses:
-        batch.add_rule(nf.INET, table, naming.NFT_MASQ_CHAIN, _masq_rule(address), comment)
-    nft.commit(batch, f"ipMasq ({NAME}): set up rules of {container_id}/{ifname}")
+
+    def build() -> nf.Batch:
+        exists = table_exists(nft)
+        batch = nf.Batch()
+        batch.add_table(nf.INET, table, comment=naming.NFT_TABLE_COMMENT)
+        batch.add_chain(nf.INET, table, naming.NFT_MASQ_CHAIN,
+                        comment=naming.NFT_MASQ_CHAIN_COMMENT)
+        batch.add_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, hook=nf.HOOK_POSTROUTING,
+                        priority=100, chain_type="nat")
+        postrouting = (nft.list_rules(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
+                       if exists else [])
+        if not _postrouting_is_ours(postrouting):
+            batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
+            for exprs in _postrouting_rules():
+                batch.add_rule(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, exprs)
+        for stale in _matching(_masq_rules(nft) if exists else [], prefix):
+            batch.delete_rule(stale)
+        for address in addresses:
+            batch.add_rule(nf.INET, table, naming.NFT_MASQ_CHAIN, _masq_rule(address), comment)
+        return batch
+
+    nft.transact(build, f"ipMasq ({NAME}): set up rules of {container_id}/{ifname}")
 
 
 def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> bool:
@@ -109,12 +114,15 @@ def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> 
     Returns whether there were any."""
     if not table_exists(nft):
         return False
-    rules = _matching(_masq_rules(nft), naming.nft_instance_prefix(network, ifname, container_id))
-    batch = nf.Batch()
-    for rule in rules:
-        batch.delete_rule(rule)
-    nft.commit(batch, f"ipMasq ({NAME}): tear down rules of {container_id}/{ifname}")
-    return bool(rules)
+    prefix = naming.nft_instance_prefix(network, ifname, container_id)
+
+    def build() -> nf.Batch:
+        batch = nf.Batch()
+        for rule in _matching(_masq_rules(nft), prefix):
+            batch.delete_rule(rule)
+        return batch
+
+    return bool(nft.transact(build, f"ipMasq ({NAME}): tear down rules of {container_id}/{ifname}"))
 
 
 def missing(nft: nf.NfTables, network: str, container_id: str, ifname: str,
@@ -141,10 +149,13 @@ def gc(nft: nf.NfTables, network: str, valid: set[tuple[str, str]]) -> int:
     if not table_exists(nft):
         return 0
     keep = {naming.nft_comment(network, ifname, container_id) for container_id, ifname in valid}
-    stale = [r for r in _matching(_masq_rules(nft), naming.nft_network_prefix(network))
-             if r.comment not in keep]
-    batch = nf.Batch()
-    for rule in stale:
-        batch.delete_rule(rule)
-    nft.commit(batch, f"ipMasq ({NAME}): collect {len(stale)} rules of {network}")
-    return len(stale)
+
+    def build() -> nf.Batch:
+        batch = nf.Batch()
+        for rule in _matching(_masq_rules(nft), naming.nft_network_prefix(network)):
+            if rule.comment not in keep:
+                batch.delete_rule(rule)
+        return batch
+
+    return len(nft.transact(build, f"ipMasq ({NAME}): collect the stale rules of {network}")
+               .messages)
