@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from cni_protocol.errors import CNIError, IO_FAILURE
-from .files import READ_FLAGS, read_at_most
+from .store import READ_FLAGS, read_at_most
 
 # A resolv.conf is a few hundred bytes (glibc reads at most 3 nameservers and 6 search
 # domains). The Go plugin fails on a line longer than 64 KiB (bufio.Scanner's limit); we bound

@@ -21,14 +21,12 @@ reservation temp file.
 """
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from fcntl import LOCK_EX, LOCK_UN, flock
 
 from cni_protocol.ip import fmt, parse_ip
 from cni_protocol.request import IFNAMSIZ, MAX_CONTAINER_ID
-from .files import READ_FLAGS, read_at_most
 
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -42,6 +40,25 @@ RESERVING_NAME = RESERVING_PREFIX + "tmp"
 LEASE_MAX = MAX_CONTAINER_ID + len("\r\n") + IFNAMSIZ - 1
 # An address in text, with room for whitespace a hand edit may have left (a hint only).
 LAST_RESERVED_MAX = 64
+
+
+# Files that someone else may have put in our way (a lease dir, `resolvConf`) are opened with
+# O_NONBLOCK, so that a FIFO never hangs the plugin, and read within a bound, so that /dev/zero
+# or a huge file cannot exhaust memory. (Here rather than in a module of their own: dns.py uses
+# them too, and a module costs ~0.1 ms of start-up on every call.)
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK
+
+
+def read_at_most(fd: int, limit: int) -> bytes | None:
+    """The file's bytes up to its end, or None if it holds more than `limit` bytes."""
+    data = b""
+    while True:
+        chunk = os.read(fd, limit + 1 - len(data))
+        if not chunk:
+            return data
+        data += chunk
+        if len(data) > limit:
+            return None
 
 
 def _content(container_id: str, ifname: str) -> str:
@@ -62,16 +79,29 @@ def _open_own(path: str, flags: int, mode: int = 0o600) -> int:
     symlink or blocking on a FIFO; anything but a regular file is refused."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OSError(e.errno, "is a symbolic link, refusing to follow it", path) from None
-        if e.errno == errno.ENXIO:  # a FIFO without a reader, a socket
-            raise OSError(e.errno, "is not a regular file", path) from None
-        raise
+    except OSError:  # ELOOP for a symlink, ENXIO for a socket: say which, from lstat
+        refusal = _refusal(path)
+        if refusal is None:
+            raise
+        raise refusal from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise OSError(errno.EINVAL, "is not a regular file", path)
+        raise _refusal(path) or OSError(None, "is not a regular file", path)
     return fd
+
+
+def _refusal(path: str) -> OSError | None:
+    """What stands where one of our files should be, as an OSError without errno (the
+    `errno` module alone costs 0.1 ms of start-up): None if it is a regular file or nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return OSError(None, "is a symbolic link, refusing to follow it", path)
+    if not stat.S_ISREG(mode):
+        return OSError(None, "is not a regular file", path)
+    return None
 
 
 class _Lock:
