@@ -288,21 +288,17 @@ anyip = st.one_of(ip4s, ip6s)
 
 
 @st.composite
-def ip_configs(draw) -> dict:
+def cidr_and_gateway(draw, key: str, gateway_key: str) -> dict:
+    """{key: a CIDR} and maybe {gateway_key: an address of its family}: an ips entry or a
+    route."""
     address = draw(anyip)
-    entry = {"address": f"{address}/{draw(st.integers(0, 32 if ':' not in address else 128))}"}
+    entry = {key: f"{address}/{draw(st.integers(0, 32 if ':' not in address else 128))}"}
     if draw(st.booleans()):
-        entry["gateway"] = draw(ip4s if ":" not in address else ip6s)
+        entry[gateway_key] = draw(ip4s if ":" not in address else ip6s)
     return entry
 
 
-@st.composite
-def routes(draw) -> dict:
-    dst = draw(anyip)
-    route = {"dst": f"{dst}/{draw(st.integers(0, 32 if ':' not in dst else 128))}"}
-    if draw(st.booleans()):
-        route["gw"] = draw(ip4s if ":" not in dst else ip6s)
-    return route
+ip_configs, routes = cidr_and_gateway("address", "gateway"), cidr_and_gateway("dst", "gw")
 
 
 words = st.text("abcdefghijklmnopqrstuvwxyz.-:", min_size=1, max_size=12)
@@ -310,7 +306,7 @@ dns = st.fixed_dictionaries({}, optional={"nameservers": st.lists(anyip, max_siz
                                           "domain": words, "search": st.lists(words, max_size=3),
                                           "options": st.lists(words, max_size=3)})
 results = st.fixed_dictionaries({}, optional={
-    "ips": st.lists(ip_configs(), max_size=3), "routes": st.lists(routes(), max_size=4),
+    "ips": st.lists(ip_configs, max_size=3), "routes": st.lists(routes, max_size=4),
     "dns": dns})
 
 

@@ -215,28 +215,19 @@ def test_a_file_larger_than_any_lease_of_ours_is_not_one(tmp_path):
 
 # --- the store's own files: lock, last_reserved_ip.N, the reservation temp file --------------------
 
-@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "fifo", "socket", "directory"])
-def test_a_lock_that_is_not_a_regular_file_is_refused(tmp_path, alarm, kind):
-    d = tmp_path / "net1"
-    d.mkdir()
+KINDS = ["symlink", "dangling-symlink", "fifo", "socket", "directory"]
+
+
+def _planted(tmp_path, name: str, kind: str) -> DiskStore:
+    """A store whose `name` is of `kind`; a symlink leads to tmp_path/target ("precious")."""
+    (tmp_path / "net1").mkdir()
     target = tmp_path / "target"
-    target.write_bytes(b"")
-    _make(d / "lock", kind, target)
-    s = DiskStore(str(tmp_path), "net1")
-    with pytest.raises(OSError) as e:
-        with s.lock():
-            pass
-    assert e.value.filename == str(d / "lock")
-    assert e.value.strerror in ("is a symbolic link, refusing to follow it",
-                                "is not a regular file", "Is a directory"), e.value
-    assert target.read_bytes() == b""
-
-
-def _make(path, kind: str, target) -> None:
+    target.write_bytes(b"precious")
+    path = tmp_path / "net1" / name
     if kind == "symlink":
         os.symlink(target, path)
     elif kind == "dangling-symlink":
-        os.symlink(target.parent / "nonexistent", path)
+        os.symlink(tmp_path / "nonexistent", path)
     elif kind == "fifo":
         os.mkfifo(path)
     elif kind == "socket":
@@ -245,17 +236,26 @@ def _make(path, kind: str, target) -> None:
         sock.close()
     else:
         path.mkdir()
+    return DiskStore(str(tmp_path), "net1")
 
 
-@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "fifo", "socket", "directory"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_lock_that_is_not_a_regular_file_is_refused(tmp_path, alarm, kind):
+    s = _planted(tmp_path, "lock", kind)
+    with pytest.raises(OSError) as e:
+        with s.lock():
+            pass
+    assert e.value.filename == str(tmp_path / "net1" / "lock")
+    assert e.value.strerror in ("is a symbolic link, refusing to follow it",
+                                "is not a regular file", "Is a directory"), e.value
+    assert (tmp_path / "target").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_last_reserved_ip_that_is_not_a_regular_file_is_refused(tmp_path, alarm, kind):
     """A planted symlink made an ADD overwrite its target (the Go plugin follows it too)."""
-    d = tmp_path / "net1"
-    d.mkdir()
-    target = tmp_path / "target"
-    target.write_bytes(b"precious")
-    _make(d / "last_reserved_ip.0", kind, target)
-    s = DiskStore(str(tmp_path), "net1")
+    s = _planted(tmp_path, "last_reserved_ip.0", kind)
+    d, target = tmp_path / "net1", tmp_path / "target"
     with pytest.raises(OSError) as e:
         s.last_reserved(0)
     assert e.value.filename == str(d / "last_reserved_ip.0")
