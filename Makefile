@@ -7,7 +7,6 @@ DESTDIR ?=
 EXTRACT_ROOT ?= /var/cache/cni-python
 IPTC_VERSION := 1.2.0
 SHIV_VERSION := 1.0.8
-HYPOTHESIS_VERSION := 6.170.15
 
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
 	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc time
@@ -32,7 +31,7 @@ venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check shiv==$(SHIV_VERSION) pytest \
-		python-iptables==$(IPTC_VERSION) hypothesis==$(HYPOTHESIS_VERSION)
+		python-iptables==$(IPTC_VERSION) hypothesis==6.170.15
 	touch $@
 
 build/site-host-local: $(HOST_LOCAL_SRC)
