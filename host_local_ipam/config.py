@@ -66,7 +66,7 @@ def _route(route: object, key: str) -> dict:
         parse_cidr(dst)
     except ValueError:
         raise config_error(f"{key}.dst", "is not a CIDR", dst) from None
-    if gw is not None:
+    if gw not in (None, ""):  # "" is no gateway, as the reference's net.IP reads it
         try:
             parse_ip(gw if isinstance(gw, str) else "")
         except ValueError:
@@ -75,7 +75,7 @@ def _route(route: object, key: str) -> dict:
         value = route.get(name)
         if value is not None and (type(value) is not int or not 0 <= value <= top):
             raise config_error(f"{key}.{name}", f"must be an integer from 0 to {top}", value)
-    return {k: v for k, v in route.items() if v is not None}
+    return {k: v for k, v in route.items() if v is not None and (k, v) != ("gw", "")}
 
 
 def _range_sets(req: Request, ipam: dict) -> list[RangeSet]:

@@ -620,9 +620,11 @@ def test_the_same_ip_requested_from_every_source_is_one_request(ours, tmp_path):
     assert leases(tmp_path / "testnet") == {"10.1.2.9": lease("c1")}
 
 
-def test_a_route_with_a_null_gateway_has_none(ours, tmp_path):
-    conf = netconf(tmp_path, routes=[{"dst": "0.0.0.0/0", "gw": None}])
+@pytest.mark.parametrize("gw", [None, ""])
+def test_a_route_with_a_null_or_empty_gateway_has_none(ours, go, tmp_path, gw):
+    conf = netconf(tmp_path, routes=[{"dst": "0.0.0.0/0", "gw": gw}])
     assert ok(ours.run("ADD", conf))["routes"] == [{"dst": "0.0.0.0/0"}]
+    assert ok(go.run("ADD", conf, cid="go"))["routes"] == [{"dst": "0.0.0.0/0"}]
 
 
 def test_requested_gateway_is_refused(ours, tmp_path):
