@@ -31,7 +31,7 @@ venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check shiv==$(SHIV_VERSION) pytest \
-		python-iptables==$(IPTC_VERSION)
+		python-iptables==$(IPTC_VERSION) hypothesis==6.170.15
 	touch $@
 
 build/site-host-local: $(HOST_LOCAL_SRC)

@@ -28,7 +28,7 @@ def parse_ip(text: str) -> tuple[int, int]:
 def parse_cidr(text: str) -> tuple[int, int, int]:
     """(family, address value, prefix length) of 'address/prefix'."""
     address, sep, prefix = text.partition("/")
-    if not sep or not prefix.isdigit():
+    if not sep or not (prefix.isascii() and prefix.isdigit()):  # isdigit alone takes '²', '٣'
         raise ValueError(f"{text!r} is not a CIDR (address/prefix length)")
     family, value = parse_ip(address)
     prefixlen = int(prefix)

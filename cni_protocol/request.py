@@ -12,6 +12,13 @@ REQUIRED_ENV = {
     "STATUS": ("CNI_PATH",),
 }
 
+# The longest CNI_CONTAINERID an ADD accepts. The spec sets none; containerd, CRI-O and podman
+# send 64 hex digits. host-local stores the ID in its lease files and reads them back whole up
+# to the size this allows, so an ID that ADD accepted can always be found again; DEL, CHECK and
+# GC of a longer ID (which no ADD of ours made) find nothing.
+MAX_CONTAINER_ID = 1024
+IFNAMSIZ = 16  # the kernel's, with the terminating NUL: a name has at most 15 bytes
+
 _ID_FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _ID_REST = _ID_FIRST | frozenset("_.-")
 
@@ -23,18 +30,28 @@ def valid_id(value: str) -> bool:
 
 def check_ifname(name: str) -> None:
     """The kernel's IFNAMSIZ rules, as the reference's skel checks them."""
-    problem = None
-    if not name:
-        problem = "is empty"
-    elif len(name.encode()) > 15:
-        problem = "is longer than 15 bytes"
-    elif name in (".", ".."):
-        problem = "is . or .."
-    elif any(c in "/:" or c.isspace() for c in name):
-        problem = "contains / or : or whitespace"
+    problem = _ifname_problem(name)
     if problem:
         raise CNIError(INVALID_ENV, f"invalid CNI_IFNAME: interface name {problem}",
                        f"CNI_IFNAME={name!r}")
+
+
+def _ifname_problem(name: str) -> str | None:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach os.environ as lone surrogates
+        return "is not valid UTF-8"
+    if not name:
+        return "is empty"
+    if size > IFNAMSIZ - 1:
+        return f"is longer than {IFNAMSIZ - 1} bytes"
+    if name in (".", ".."):
+        return "is . or .."
+    if "\0" in name:  # only JSON can carry one (a bridge name); netlink would cut the name there
+        return "contains a NUL character"
+    if any(c in "/:" or c.isspace() for c in name):
+        return "contains / or : or whitespace"
+    return None
 
 
 def parse_cni_args(raw: str, known: tuple[str, ...]) -> dict[str, str]:
@@ -85,6 +102,9 @@ class Request:
             raise CNIError(INVALID_ENV, "invalid characters in CNI_CONTAINERID",
                            f"CNI_CONTAINERID={self.container_id!r} must match "
                            "^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+        if command == "ADD" and len(self.container_id) > MAX_CONTAINER_ID:  # ASCII: chars = bytes
+            raise CNIError(INVALID_ENV, f"invalid CNI_CONTAINERID: longer than {MAX_CONTAINER_ID} "
+                           "bytes", f"CNI_CONTAINERID has {len(self.container_id)} bytes")
         if self.ifname or "CNI_IFNAME" in REQUIRED_ENV.get(command, ()):
             check_ifname(self.ifname)
         name = conf.get("name")
@@ -102,17 +122,19 @@ class Request:
         """GC's cni.dev/valid-attachments (or libcni's misspelt alias cni.dev/attachments) as
         (containerID, ifname) pairs. A malformed entry refuses the GC: guessing could release
         an attachment that is in use."""
-        valid = self.conf.get("cni.dev/valid-attachments", self.conf.get("cni.dev/attachments"))
+        key = ("cni.dev/valid-attachments" if "cni.dev/valid-attachments" in self.conf
+               else "cni.dev/attachments")
+        valid = self.conf.get(key)
         if not isinstance(valid, list):
             raise CNIError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments",
                            "a list of {containerID, ifname}; an empty list releases everything")
         pairs = set()
-        for entry in valid:
+        for i, entry in enumerate(valid):
             if not (isinstance(entry, dict) and isinstance(entry.get("containerID"), str)
-                    and isinstance(entry.get("ifname", ""), str)):
-                raise CNIError(INVALID_CONFIG, "invalid cni.dev/valid-attachments entry",
-                               f"{entry!r} is not {{\"containerID\": str, \"ifname\": str}}")
-            pairs.add((entry["containerID"], entry.get("ifname", "")))
+                    and isinstance(entry.get("ifname"), str)):
+                raise CNIError(INVALID_CONFIG, f"invalid {key}[{i}]: an attachment needs a "
+                               "string containerID and ifname", f"{key}[{i}]={entry!r}")
+            pairs.add((entry["containerID"], entry["ifname"]))
         return pairs
 
     @property

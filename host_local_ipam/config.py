@@ -21,18 +21,31 @@ class IPAMConfig:
         ipam = req.conf.get("ipam")
         if not isinstance(ipam, dict):
             raise CNIError(INVALID_CONFIG, "IPAM config missing 'ipam' key")
-        self.data_dir = _string(ipam, "dataDir") or DEFAULT_DATA_DIR
-        self.resolv_conf = _string(ipam, "resolvConf")
+        self.data_dir = _path(ipam, "dataDir") or DEFAULT_DATA_DIR
+        self.resolv_conf = _path(ipam, "resolvConf")
         self.routes = _routes(ipam.get("routes"))
         self.range_sets = _range_sets(req, ipam)
         self.requested = _requested_ips(req)
 
 
-def _string(ipam: dict, key: str) -> str:
+def _path(ipam: dict, key: str) -> str:
     value = ipam.get(key, "")
     if not isinstance(value, str):
         raise config_error(f"ipam.{key}", "must be a string", value)
+    if "\0" in value:
+        raise config_error(f"ipam.{key}", "must be a path, it contains a NUL character", value)
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # "\ud800" in the JSON: no file name is that
+        raise config_error(f"ipam.{key}", "must be a path, it contains a lone surrogate "
+                           "(\\ud800-\\udfff)", value) from None
     return value
+
+
+# The spec's route type (cniVersion 1.1.0 added mtu, advmss, table, scope), with the range of
+# the netlink field each integer ends up in.
+ROUTE_INTEGERS = {"mtu": 2**32 - 1, "advmss": 2**32 - 1, "priority": 2**32 - 1,
+                  "table": 2**32 - 1, "scope": 255}
 
 
 def _routes(routes: object) -> list:
@@ -40,17 +53,29 @@ def _routes(routes: object) -> list:
         return []
     if not isinstance(routes, list):
         raise config_error("ipam.routes", "must be a list of {dst, gw}", routes)
-    for i, route in enumerate(routes):
-        if not isinstance(route, dict) or not isinstance(route.get("dst"), str):
-            raise config_error(f"ipam.routes[{i}].dst", "is required (a CIDR)", route)
+    return [_route(route, f"ipam.routes[{i}]") for i, route in enumerate(routes)]
+
+
+def _route(route: object, key: str) -> dict:
+    if not isinstance(route, dict):
+        raise config_error(key, "must be an object {dst, gw, ...}", route)
+    dst, gw = route.get("dst"), route.get("gw")
+    if not isinstance(dst, str):
+        raise config_error(f"{key}.dst", "is required (a CIDR)", dst)
+    try:
+        parse_cidr(dst)
+    except ValueError:
+        raise config_error(f"{key}.dst", "is not a CIDR", dst) from None
+    if gw not in (None, ""):  # "" is no gateway, as the reference's net.IP reads it
         try:
-            parse_cidr(route["dst"])
-            if route.get("gw") is not None:
-                parse_ip(route["gw"])
-        except (ValueError, AttributeError):
-            raise config_error(f"ipam.routes[{i}]", "dst must be a CIDR and gw an IP",
-                               route) from None
-    return [{k: v for k, v in route.items() if v is not None} for route in routes]
+            parse_ip(gw if isinstance(gw, str) else "")
+        except ValueError:
+            raise config_error(f"{key}.gw", "is not an IP address", gw) from None
+    for name, top in ROUTE_INTEGERS.items():
+        value = route.get(name)
+        if value is not None and (type(value) is not int or not 0 <= value <= top):
+            raise config_error(f"{key}.{name}", f"must be an integer from 0 to {top}", value)
+    return {k: v for k, v in route.items() if v is not None and (k, v) != ("gw", "")}
 
 
 def _range_sets(req: Request, ipam: dict) -> list[RangeSet]:
@@ -81,21 +106,26 @@ def _range_sets(req: Request, ipam: dict) -> list[RangeSet]:
 
 
 def _requested_ips(req: Request) -> list[tuple[int, int]]:
-    """IP= in CNI_ARGS, args.cni.ips, runtimeConfig.ips (capability "ips"), in that order."""
+    """IP= in CNI_ARGS, args.cni.ips, runtimeConfig.ips (capability "ips"), in that order.
+
+    CONVENTIONS.md: a plugin that understands `args` ignores a CNI_ARGS field whose equivalent
+    the runtime passed there, so args.cni.ips (even an empty list) replaces IP=. The reference
+    adds all three; runtimeConfig.ips still adds to args.cni.ips, as there."""
     wanted: list[tuple[str, object]] = []
-    if req.args.get("IP"):
-        wanted += [("CNI_ARGS IP", ip) for ip in req.args["IP"].split(",")]
     args = req.conf.get("args")
     cni_args = args.get("cni") if isinstance(args, dict) else None
-    if isinstance(cni_args, dict) and cni_args.get("ips"):
-        wanted += [("args.cni.ips", ip) for ip in _list(cni_args["ips"], "args.cni.ips")]
+    args_ips = cni_args.get("ips") if isinstance(cni_args, dict) else None
+    if args_ips is not None:
+        wanted += [("args.cni.ips", ip) for ip in _list(args_ips, "args.cni.ips")]
+    elif req.args.get("IP"):
+        wanted += [("CNI_ARGS IP", ip) for ip in req.args["IP"].split(",")]
     if req.runtime_config.get("ips"):
         wanted += [("runtimeConfig.ips", ip)
                    for ip in _list(req.runtime_config["ips"], "runtimeConfig.ips")]
     out: list[tuple[int, int]] = []
     for key, ip in wanted:
         try:
-            out.append(parse_ip(str(ip).split("/", 1)[0]))
+            out.append(parse_ip(ip.split("/", 1)[0] if isinstance(ip, str) else ""))
         except ValueError:
             if key == "CNI_ARGS IP":  # the environment, not the conf: code 4
                 raise CNIError(INVALID_ENV, f"invalid CNI_ARGS: IP: cannot understand ip {ip!r}",

@@ -8,15 +8,25 @@ in-memory one for unit tests. The allocator only ever talks to this interface:
     get_by_id(id, ifname)                  [ip, ...] held by the attachment (or legacy id)
     release_by_id(id, ifname)              [ip, ...] released
     leases()                               [(ip, id, ifname or None for id-only files), ...]
+    reserved()                             [ip, ...] every address taken, lease or not
     release(ip)
 
 Disk layout (<dataDir>/<network>/): one file per address, named by the address and holding
 "<id>\\r\\n<ifname>"; last_reserved_ip.<set index>; `lock`, flocked and never unlinked.
+Whatever else is in the directory (a symlink, a FIFO, a socket, a subdirectory, a file larger
+than any lease of ours) is skipped, never opened in a way that could block, follow a link or
+read without bound. A lookup by attachment matches the content of any other file, as the
+reference's does; leases() (what GC may release) lists only files named as addresses and the
+reservation temp file.
 """
 from __future__ import annotations
 
 import os
+import stat
 from fcntl import LOCK_EX, LOCK_UN, flock
+
+from cni_protocol.ip import fmt, parse_ip
+from cni_protocol.request import IFNAMSIZ, MAX_CONTAINER_ID
 
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
@@ -26,14 +36,72 @@ LAST_RESERVED_PREFIX = "last_reserved_ip."
 # Reservations are serialized by the lock, so one name will do: a crash leaves at most one file.
 RESERVING_PREFIX = ".reserving."
 RESERVING_NAME = RESERVING_PREFIX + "tmp"
+# The largest lease an ADD of ours can write: a longer file is not one of ours.
+LEASE_MAX = MAX_CONTAINER_ID + len("\r\n") + IFNAMSIZ - 1
+# An address in text, with room for whitespace a hand edit may have left (a hint only).
+LAST_RESERVED_MAX = 64
+
+
+# Files that someone else may have put in our way (a lease dir, `resolvConf`) are opened with
+# O_NONBLOCK, so that a FIFO never hangs the plugin, and read within a bound, so that /dev/zero
+# or a huge file cannot exhaust memory. (Here rather than in a module of their own: dns.py uses
+# them too, and a module costs ~0.1 ms of start-up on every call.)
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK
+
+
+def read_at_most(fd: int, limit: int) -> bytes | None:
+    """The file's bytes up to its end, or None if it holds more than `limit` bytes."""
+    data = b""
+    while True:
+        chunk = os.read(fd, limit + 1 - len(data))
+        if not chunk:
+            return data
+        data += chunk
+        if len(data) > limit:
+            return None
 
 
 def _content(container_id: str, ifname: str) -> str:
     return f"{container_id.strip()}\r\n{ifname}"
 
 
-def _is_bookkeeping(name: str) -> bool:
-    return name == LOCK_NAME or name.startswith(LAST_RESERVED_PREFIX)
+def is_address_name(name: str) -> bool:
+    """A name as the store (and Go's net.IP.String()) writes an address, not merely one that
+    parses as an address ('010.1.2.3', '::ffff:10.1.2.3' and ' 10.1.2.3' do not count)."""
+    try:
+        return fmt(*parse_ip(name)) == name
+    except ValueError:
+        return False
+
+
+def _open_own(path: str, flags: int, mode: int = 0o600) -> int:
+    """Open one of the store's own files (lock, last_reserved_ip.N) without following a
+    symlink or blocking on a FIFO; anything but a regular file is refused."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+    except OSError:  # ELOOP for a symlink, ENXIO for a socket: say which, from lstat
+        refusal = _refusal(path)
+        if refusal is None:
+            raise
+        raise refusal from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refusal(path) or OSError(None, "is not a regular file", path)
+    return fd
+
+
+def _refusal(path: str) -> OSError | None:
+    """What stands where one of our files should be, as an OSError without errno (the
+    `errno` module alone costs 0.1 ms of start-up): None if it is a regular file or nothing."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return OSError(None, "is a symbolic link, refusing to follow it", path)
+    if not stat.S_ISREG(mode):
+        return OSError(None, "is not a regular file", path)
+    return None
 
 
 class _Lock:
@@ -44,8 +112,8 @@ class _Lock:
         self._fd = -1
 
     def __enter__(self) -> None:
-        if self._fd < 0:
-            self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o750)
+        if self._fd < 0:  # O_NONBLOCK is for open() only: flock() blocks unless LOCK_NB
+            self._fd = _open_own(self._path, os.O_RDONLY | os.O_CREAT, 0o750)
         flock(self._fd, LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
@@ -70,7 +138,7 @@ class DiskStore:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, _content(container_id, ifname).encode())
         finally:
@@ -81,12 +149,16 @@ class DiskStore:
             return False
         finally:
             os.unlink(tmp)
-        self._write_last_reserved(ip, set_index)
+        try:
+            self._write_last_reserved(ip, set_index)
+        except BaseException:
+            self.release(ip)  # the caller never learns of this lease: do not leak it
+            raise
         return True
 
     def _write_last_reserved(self, ip: str, set_index: int) -> None:
-        fd = os.open(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
-                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _open_own(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
+                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             os.write(fd, ip.encode())
         finally:
@@ -94,31 +166,44 @@ class DiskStore:
 
     def last_reserved(self, set_index: int) -> str | None:
         try:
-            with open(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"), "rb") as f:
-                return f.read().decode(errors="replace").strip() or None
+            fd = _open_own(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
+                           os.O_RDONLY)
         except FileNotFoundError:
             return None
+        try:
+            data = read_at_most(fd, LAST_RESERVED_MAX)
+        finally:
+            os.close(fd)
+        if not data:  # empty, or too long to be an address: no hint
+            return None
+        return data.decode(errors="replace").strip() or None
 
     def _entries(self) -> list[tuple[str, str]]:
-        """(name, stripped content) of every lease file, including reservation leftovers."""
+        """(name, stripped content) of every lease file, including a reservation leftover."""
         out = []
         dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name in os.listdir(dir_fd):
-                if _is_bookkeeping(name):
-                    continue
-                # os.open/os.read: a third of open()'s cost, for every lease on every call.
-                try:
-                    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
-                except FileNotFoundError:
-                    continue
-                try:
-                    data = os.read(fd, 4096)
-                except IsADirectoryError:
-                    continue
-                finally:
-                    os.close(fd)
-                out.append((name, data.decode(errors="replace").strip()))
+            with os.scandir(dir_fd) as listing:
+                for entry in listing:
+                    # d_type from the listing: no syscall to skip links, FIFOs, sockets, dirs
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    name = entry.name
+                    if name == LOCK_NAME or name.startswith(LAST_RESERVED_PREFIX):
+                        continue
+                    # os.open/os.read: a third of open()'s cost, for every lease on every call.
+                    try:  # O_NOFOLLOW, O_NONBLOCK: it may have been replaced since the listing
+                        fd = os.open(name, READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+                    except OSError:
+                        continue
+                    try:  # one read: Linux reads a regular file short only at its end
+                        data = os.read(fd, LEASE_MAX + 1)
+                    except OSError:
+                        continue
+                    finally:
+                        os.close(fd)
+                    if len(data) <= LEASE_MAX:  # else larger than any lease of ours
+                        out.append((name, data.decode(errors="replace").strip()))
         finally:
             os.close(dir_fd)
         return out
@@ -126,7 +211,7 @@ class DiskStore:
     def get_by_id(self, container_id: str, ifname: str) -> list[str]:
         full, legacy = _content(container_id, ifname), container_id.strip()
         return [name for name, data in self._entries()
-                if data in (full, legacy) and not name.startswith(RESERVING_PREFIX)]
+                if data in (full, legacy) and name != RESERVING_NAME]
 
     def release_by_id(self, container_id: str, ifname: str) -> list[str]:
         """Every file of the attachment; id-only (pre-0.8) files if there are none."""
@@ -136,11 +221,17 @@ class DiskStore:
             if names:
                 for name in names:
                     self.release(name)
-                return [n for n in names if not n.startswith(RESERVING_PREFIX)]
+                return [n for n in names if n != RESERVING_NAME]
         return []
 
     def leases(self) -> list[tuple[str, str, str | None]]:
-        return [(name, *_split(data)) for name, data in self._entries()]
+        """Only files named as the store names them: GC releases what is not kept."""
+        return [(name, *_split(data)) for name, data in self._entries()
+                if name == RESERVING_NAME or is_address_name(name)]
+
+    def reserved(self) -> list[str]:
+        """Names only, read from the listing: any file of an address's name blocks reserve()."""
+        return [name for name in os.listdir(self.dir) if is_address_name(name)]
 
     def release(self, ip: str) -> None:
         try:
@@ -192,6 +283,9 @@ class MemoryStore:
 
     def leases(self) -> list[tuple[str, str, str | None]]:
         return [(ip, *_split(data)) for ip, data in self.files.items()]
+
+    def reserved(self) -> list[str]:
+        return list(self.files)
 
     def release(self, ip: str) -> None:
         self.files.pop(ip, None)

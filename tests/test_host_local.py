@@ -19,7 +19,9 @@ import ipaddress
 import json
 import os
 import random
+import resource
 import signal
+import socket
 import stat
 import statistics
 import subprocess
@@ -72,14 +74,21 @@ class Plugin:
 
     def spawn(self, command: str | None, conf: object = None, cid: str = "c1",
               ifname: str = "eth0", args: str | None = None, env: dict | None = None,
-              stdin: bytes | None = None) -> subprocess.Popen:
-        """Start the plugin with its stdin written and closed, so that many run at once."""
+              stdin: bytes | None = None, wrapper: tuple[str, ...] = (),
+              memory_limit: bool = False) -> subprocess.Popen:
+        """Start the plugin with its stdin written and closed, so that many run at once.
+        `wrapper` runs it through another command (a read-only mount namespace);
+        `memory_limit` makes an unbounded read fail fast instead of taking the machine's
+        memory."""
         data = stdin if stdin is not None else json.dumps(conf).encode()
-        p = subprocess.Popen([str(self.path)], env=self.env(command, cid, ifname, args, env),
+        p = subprocess.Popen([*wrapper, str(self.path)],
+                             env=self.env(command, cid, ifname, args, env),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, umask=0o022)
+                             stderr=subprocess.PIPE, umask=0o022,
+                             preexec_fn=_within_1_gib if memory_limit else None)
         p.stdin.write(data)
         p.stdin.close()
+        p.stdin = None  # written and closed: communicate() has nothing to send
         return p
 
     def run(self, *a, **kw) -> Out:
@@ -87,11 +96,18 @@ class Plugin:
 
 
 def finish(p: subprocess.Popen) -> Out:
-    stdout = p.stdout.read()
-    stderr = p.stderr.read()
-    p.stdout.close()
-    p.stderr.close()
-    return Out(p.wait(timeout=TIMEOUT), stdout, stderr)
+    """Its output and exit status; a plugin that hangs is killed and fails the test."""
+    try:
+        stdout, stderr = p.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise
+    return Out(p.returncode, stdout, stderr)
+
+
+def _within_1_gib() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +328,10 @@ ERROR_CASES = {
     "ifname-long": _env_error({"CNI_IFNAME": "x" * 16},
                               "invalid CNI_IFNAME: interface name is longer than 15 bytes"),
     "ifname-dot": _env_error({"CNI_IFNAME": "."}, "invalid CNI_IFNAME: interface name is . or .."),
+    "ifname-not-utf8": _env_error({"CNI_IFNAME": "eth\udcff"},  # the byte 0xff in the env
+                                  "invalid CNI_IFNAME: interface name is not valid UTF-8"),
+    "containerid-too-long": _env_error({"CNI_CONTAINERID": "f" * 100_000},
+                                       "invalid CNI_CONTAINERID: longer than 1024 bytes"),
     # 6: undecodable stdin
     "json-truncated": ({"stdin": b'{"cniVersion": "1.0.0",'}, 6,
                        "error decoding network configuration from stdin"),
@@ -358,6 +378,29 @@ ERROR_CASES = {
     "name-slash": ({"conf": {"name": "a/b"}}, 7, "invalid characters found in network name"),
     "name-dotdot": ({"conf": {"name": ".."}}, 7, "invalid characters found in network name"),
     "name-missing": ({"conf": {"name": None}}, 7, "missing network name"),
+    "data-dir-nul": ({"ipam": {"dataDir": "/tmp/x\0y"}}, 7, "invalid config: ipam.dataDir: "
+                     "must be a path, it contains a NUL character"),
+    "data-dir-surrogate": ({"ipam": {"dataDir": "/tmp/\ud800"}}, 7, "invalid config: "
+                           "ipam.dataDir: must be a path, it contains a lone surrogate "
+                           "(\\ud800-\\udfff)"),
+    "resolv-conf-nul": ({"ipam": {"resolvConf": "/etc/resolv.conf\0"}}, 7, "invalid config: "
+                        "ipam.resolvConf: must be a path, it contains a NUL character"),
+    "resolv-conf-surrogate": ({"ipam": {"resolvConf": "/etc/\udcff"}}, 7, "invalid config: "
+                              "ipam.resolvConf: must be a path, it contains a lone surrogate "
+                              "(\\ud800-\\udfff)"),
+    "route-without-dst": ({"ipam": {"routes": [{"gw": "10.1.2.1"}]}}, 7,
+                          "invalid config: ipam.routes[0].dst: is required (a CIDR)"),
+    "route-table-2**32": ({"ipam": {"routes": [{"dst": "0.0.0.0/0", "table": 2**32}]}}, 7,
+                          "invalid config: ipam.routes[0].table: must be an integer from 0 to "
+                          "4294967295"),
+    "route-mtu-2**40": ({"ipam": {"routes": [{"dst": "0.0.0.0/0", "mtu": 2**40}]}}, 7,
+                        "invalid config: ipam.routes[0].mtu: must be an integer from 0 to "
+                        "4294967295"),
+    "route-scope-string": ({"ipam": {"routes": [{"dst": "0.0.0.0/0", "scope": "253"}]}}, 7,
+                           "invalid config: ipam.routes[0].scope: must be an integer from 0 to "
+                           "255"),
+    "route-gw-not-ip": ({"ipam": {"routes": [{"dst": "0.0.0.0/0", "gw": "10.1.2"}]}}, 7,
+                        "invalid config: ipam.routes[0].gw: is not an IP address"),
     # 5: I/O
     "resolv-conf-missing": ({"ipam": {"resolvConf": "/nonexistent/resolv.conf"}}, 5,
                             "ipam.resolvConf: cannot read /nonexistent/resolv.conf: No such file "
@@ -577,14 +620,36 @@ def test_the_same_ip_requested_from_every_source_is_one_request(ours, tmp_path):
     assert leases(tmp_path / "testnet") == {"10.1.2.9": lease("c1")}
 
 
-def test_a_route_with_a_null_gateway_has_none(ours, tmp_path):
-    conf = netconf(tmp_path, routes=[{"dst": "0.0.0.0/0", "gw": None}])
+@pytest.mark.parametrize("gw", [None, ""])
+def test_a_route_with_a_null_or_empty_gateway_has_none(ours, go, tmp_path, gw):
+    conf = netconf(tmp_path, routes=[{"dst": "0.0.0.0/0", "gw": gw}])
     assert ok(ours.run("ADD", conf))["routes"] == [{"dst": "0.0.0.0/0"}]
+    assert ok(go.run("ADD", conf, cid="go"))["routes"] == [{"dst": "0.0.0.0/0"}]
 
 
 def test_requested_gateway_is_refused(ours, tmp_path):
     error(ours.run("ADD", netconf(tmp_path), args="IP=10.1.2.1"), 100,
           "requested ip 10.1.2.1 is subnet's gateway", "1.0.0")
+    assert leases(tmp_path / "testnet") == {}
+
+
+def test_args_cni_ips_replace_the_cni_args_ip(ours, tmp_path):
+    """CONVENTIONS.md: with `args` carrying the equivalent of a CNI_ARGS key (ips for IP), the
+    plugin ignores the CNI_ARGS field. Both used to be requested: IP= took the set's slot."""
+    conf = netconf(tmp_path, args={"cni": {"ips": ["10.1.2.66"]}})
+    assert ips(ours.run("ADD", conf, args="IP=10.1.2.77")) == ["10.1.2.66/24"]
+    assert leases(tmp_path / "testnet") == {"10.1.2.66": lease("c1")}
+
+
+def test_a_second_requested_ip_of_one_set_is_named_as_such(ours, tmp_path):
+    """runtimeConfig.ips and args.cni.ips still combine, as in the reference: two addresses of
+    one set cannot both be had, and the message says so (not "no range set contains")."""
+    conf = netconf(tmp_path, ranges=DUAL, args={"cni": {"ips": ["10.1.2.66"]}},
+                   runtimeConfig={"ips": ["10.1.2.77", "192.168.0.1"]})
+    error(ours.run("ADD", conf), 100,
+          "failed to allocate all requested IPs: no range set contains 192.168.0.1; 10.1.2.77 "
+          "is a second address requested from range set ipam.ranges[0] (10.1.2.1-10.1.2.254), "
+          "which gives one", "1.0.0")
     assert leases(tmp_path / "testnet") == {}
 
 
@@ -664,7 +729,11 @@ def test_gc_releases_what_the_runtime_does_not_know(ours, tmp_path, key):
         ok(ours.run("ADD", conf, cid=cid, ifname=ifname))
     (net / "10.1.2.100").write_bytes(b"d")  # id-only legacy files
     (net / "10.1.2.101").write_bytes(b"e")
-    (net / ".reserving.99999").write_bytes(b"f\r\neth0")  # a crash leftover
+    (net / ".reserving.tmp").write_bytes(b"f\r\neth0")  # a crash leftover
+    strangers = {"notes.txt": b"x", "README": b"", "010.1.2.9": b"z", "2001:DB8:1::9": b"z",
+                 ".reserving.99999": b"f\r\neth0", "10.1.2.9.bak": b"e"}
+    for name, data in strangers.items():  # not named as the store names leases: never released
+        (net / name).write_bytes(data)
     bookkeeping = {k: v for k, v in snapshot(net).items() if k not in leases(net)}
     inode = (net / "lock").stat().st_ino
     valid = [{"containerID": "a", "ifname": "eth0"}, {"containerID": "c", "ifname": "eth1"},
@@ -673,7 +742,7 @@ def test_gc_releases_what_the_runtime_does_not_know(ours, tmp_path, key):
     assert (out.rc, out.stdout, out.stderr) == (0, "", "")
     assert leases(net) == {"10.1.2.2": lease("a"), "2001:db8:1::2": lease("a"),
                            "10.1.2.5": lease("c", "eth1"), "2001:db8:1::5": lease("c", "eth1"),
-                           "10.1.2.100": b"d"}
+                           "10.1.2.100": b"d", **strangers}
     assert {k: v for k, v in snapshot(net).items() if k not in leases(net)} == bookkeeping
     assert (net / "lock").stat().st_ino == inode
 
@@ -695,12 +764,19 @@ def test_gc_without_the_attachment_list_releases_nothing(ours, tmp_path):
     assert leases(tmp_path / "testnet") == {"10.1.2.2": lease("c1")}
 
 
-def test_gc_with_a_malformed_attachment_releases_nothing(ours, tmp_path):
+@pytest.mark.parametrize("entry", [
+    {"containerID": ["c1"], "ifname": "eth0"},
+    {"containerID": "c1"},  # without ifname: taken as "", it released c1/eth0's lease
+])
+def test_gc_with_a_malformed_attachment_releases_nothing(ours, tmp_path, entry):
     conf = netconf(tmp_path, version="1.1.0")
     ok(ours.run("ADD", conf))
-    bad = {"cni.dev/valid-attachments": [{"containerID": ["c1"], "ifname": "eth0"}]}
-    error(ours.run("GC", dict(conf, **bad)), 7, "invalid cni.dev/valid-attachments entry", "1.1.0")
-    assert leases(tmp_path / "testnet") == {"10.1.2.2": lease("c1")}
+    ok(ours.run("ADD", conf, cid="c2"))
+    bad = {"cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth0"}, entry]}
+    err = error(ours.run("GC", dict(conf, **bad)), 7, "invalid cni.dev/valid-attachments[1]: "
+                "an attachment needs a string containerID and ifname", "1.1.0")
+    assert err["details"] == f"cni.dev/valid-attachments[1]={entry!r}"
+    assert leases(tmp_path / "testnet") == {"10.1.2.2": lease("c1"), "10.1.2.3": lease("c2")}
 
 
 def test_status(ours, go, tmp_path):
@@ -725,6 +801,171 @@ def test_status(ours, go, tmp_path):
     assert ips(ours.run("ADD", v6only, cid="c0")) == ["10.1.1.2/24", "2001:db8:1::2/64"]
     error(ours.run("STATUS", v6only), 50, "host-local: no IP addresses available in range set "
           "2001:db8:1::1-2001:db8:1::6 (ipam.ranges[1])")
+
+
+# --- what a runtime, an admin or an attacker may have left in the way --------------------------
+
+def test_a_container_id_longer_than_the_maximum_is_refused_by_add_only(ours, tmp_path):
+    """A lease was read with one 4 KB read: with a longer ID, ADD succeeded, CHECK failed and
+    DEL left the lease behind. Now ADD refuses what it could not read back."""
+    conf = netconf(tmp_path)
+    net = tmp_path / "testnet"
+    too_long, longest = "f" * 100_000, "f" * 1024
+    error(ours.run("ADD", conf, cid=too_long), 4,
+          "invalid CNI_CONTAINERID: longer than 1024 bytes", "1.0.0")
+    assert not net.exists() or leases(net) == {}
+    ok(ours.run("ADD", conf, cid=longest))
+    ok(ours.run("CHECK", conf, cid=longest))
+    error(ours.run("ADD", conf, cid=longest), 100, version="1.0.0")  # the duplicate is seen
+    ok(ours.run("DEL", conf, cid=too_long))  # finds nothing, changes nothing
+    error(ours.run("CHECK", conf, cid=too_long), 101, version="1.0.0")
+    assert leases(net) == {"10.1.2.2": lease(longest)}
+    ok(ours.run("DEL", conf, cid=longest))
+    assert leases(net) == {}
+
+
+def test_gc_keeps_a_go_lease_whose_id_is_longer_than_ours_can_be(ours, go, tmp_path):
+    """Cut at 4 KB, the Go plugin's lease of a valid 5000-byte ID looked like an id-only file
+    of another container, and GC released an address in use. Too long to be ours, it stays."""
+    conf = netconf(tmp_path)
+    cid = "g" * 5000
+    ok(go.run("ADD", conf, cid=cid))
+    valid = {"cni.dev/valid-attachments": [{"containerID": cid, "ifname": "eth0"}]}
+    ok(ours.run("GC", dict(conf, cniVersion="1.1.0", **valid)))
+    assert leases(tmp_path / "testnet") == {"10.1.2.2": lease(cid)}
+    ok(go.run("DEL", conf, cid=cid))
+    assert leases(tmp_path / "testnet") == {}
+
+
+def _plant_odd_entries(net: Path) -> None:
+    """A FIFO, a socket, a directory and a symlink loop named .2 to .5 of 10.1.2.0/29; a loop
+    and a FIFO under other names. Each used to fail a verb with code 999, or hang it."""
+    net.mkdir(parents=True)
+    os.mkfifo(net / "10.1.2.2")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(net / "10.1.2.3"))
+    sock.close()
+    (net / "10.1.2.4").mkdir()
+    os.symlink("10.1.2.5", net / "10.1.2.5")
+    os.symlink("loop", net / "loop")
+    os.mkfifo(net / "fifo")
+
+
+def test_odd_entries_in_the_store_dir_stop_no_verb(ours, tmp_path):
+    conf = netconf(tmp_path, version="1.1.0", ranges=[[{"subnet": "10.1.2.0/29"}]])
+    net = tmp_path / "testnet"
+    _plant_odd_entries(net)
+    odd = sorted(os.listdir(net))
+    assert ips(ours.run("ADD", conf, cid="a")) == ["10.1.2.6/29"]  # .2-.5 are in the way
+    ok(ours.run("CHECK", conf, cid="a"))
+    error(ours.run("STATUS", conf), 50, "host-local: no IP addresses available in range set "
+          "10.1.2.1-10.1.2.6 (ipam.ranges[0])")  # nothing an ADD could take
+    error(ours.run("ADD", conf, cid="b"), 100, version="1.1.0")
+    ok(ours.run("GC", dict(conf, **{"cni.dev/valid-attachments": []})))
+    assert sorted(os.listdir(net)) == sorted(odd + ["last_reserved_ip.0", "lock"])
+    ok(ours.run("ADD", conf, cid="a"))
+    ok(ours.run("DEL", conf, cid="a"))
+    assert sorted(os.listdir(net)) == sorted(odd + ["last_reserved_ip.0", "lock"])
+
+
+@pytest.mark.parametrize("name", ["lock", "last_reserved_ip.0"])
+def test_a_planted_symlink_is_refused_and_its_target_untouched(ours, tmp_path, name):
+    """Followed, a symlinked last_reserved_ip.0 made every ADD overwrite its target (the Go
+    plugin follows both too)."""
+    data = tmp_path / "data"
+    net = data / "testnet"
+    net.mkdir(parents=True)
+    target = tmp_path / "target"
+    target.write_bytes(b"precious")
+    os.symlink(target, net / name)
+    conf = netconf(data)
+    msg = (f"host-local: cannot use dataDir {data}: {net / name}: is a symbolic link, refusing "
+           "to follow it")
+    error(ours.run("ADD", conf), 5, msg, "1.0.0")
+    assert target.read_bytes() == b"precious"
+    assert leases(net) == {}
+    if name == "lock":
+        error(ours.run("DEL", conf), 5, msg, "1.0.0")
+        error(ours.run("CHECK", conf), 5, msg, "1.0.0")
+
+
+def test_a_lock_that_is_a_fifo_is_refused_without_blocking(ours, tmp_path):
+    net = tmp_path / "testnet"
+    net.mkdir()
+    os.mkfifo(net / "lock")
+    error(ours.run("ADD", netconf(tmp_path)), 5, f"host-local: cannot use dataDir {tmp_path}: "
+          f"{net / 'lock'}: is not a regular file", "1.0.0")
+    assert leases(net) == {}
+
+
+@pytest.mark.parametrize("where", ["resolvConf", "last_reserved_ip.0"])
+@pytest.mark.parametrize("kind", ["/dev/zero", "2 GiB sparse file"])
+def test_reads_are_bounded(ours, tmp_path, where, kind):
+    """resolvConf: /dev/zero, or a last_reserved_ip.0 leading to it, grew until memory ran out
+    (run here within 1 GiB of address space, so that a regression fails instead)."""
+    big = Path("/dev/zero")
+    if kind != "/dev/zero":
+        big = tmp_path / "big"
+        with open(big, "wb") as f:
+            f.truncate(2 << 30)  # holes: no disk used
+    net = tmp_path / "data" / "testnet"
+    net.mkdir(parents=True)
+    conf = netconf(tmp_path / "data")
+    if where == "resolvConf":
+        conf["ipam"]["resolvConf"] = str(big)
+        error(ours.run("ADD", conf, memory_limit=True), 5, f"ipam.resolvConf: cannot read {big}: "
+              "larger than 65536 bytes, not a resolv.conf", "1.0.0")
+    elif kind == "/dev/zero":
+        os.symlink(big, net / where)
+        error(ours.run("ADD", conf, memory_limit=True), 5, f"host-local: cannot use dataDir "
+              f"{tmp_path / 'data'}: {net / where}: is a symbolic link, refusing to follow it",
+              "1.0.0")
+    else:
+        os.link(big, net / where)  # a regular file: no hint, the search starts at rangeStart
+        assert ips(ours.run("ADD", conf, memory_limit=True)) == ["10.1.2.2/24"]
+        assert (net / where).read_bytes() == b"10.1.2.2"
+        return
+    assert leases(net) == {}
+
+
+def test_a_resolv_conf_that_is_a_fifo_does_not_block(ours, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    out = ours.run("ADD", netconf(tmp_path, resolvConf=str(tmp_path / "fifo")))
+    assert ok(out) == {"cniVersion": "1.0.0",
+                       "ips": [{"address": "10.1.2.2/24", "gateway": "10.1.2.1"}]}
+
+
+def _read_only(path: Path) -> tuple[str, ...]:
+    """A wrapper that runs the plugin with `path` mounted read-only, in a mount namespace of its
+    own (root); as another user, the caller makes it unwritable instead."""
+    if os.geteuid() != 0:
+        return ()
+    return ("/usr/bin/unshare", "--mount", "--propagation", "private", "/usr/bin/sh", "-c",
+            '/usr/bin/mount -o bind,ro "$0" "$0" && exec "$1"', str(path))
+
+
+def test_a_read_only_data_dir_is_an_io_error_naming_the_path(ours, tmp_path):
+    conf = netconf(tmp_path)
+    net = tmp_path / "testnet"
+    ok(ours.run("ADD", conf, cid="a"))
+    before = snapshot(net)
+    wrapper = _read_only(net)
+    if not wrapper:
+        net.chmod(0o555)
+    try:
+        err = error(ours.run("ADD", conf, cid="b", wrapper=wrapper), 5, version="1.0.0")
+        assert err["msg"].startswith(f"host-local: cannot use dataDir {tmp_path}: "
+                                     f"{net / '.reserving.tmp'}: "), err
+        assert err["msg"].endswith(("Read-only file system", "Permission denied")), err
+        err = error(ours.run("DEL", conf, cid="a", wrapper=wrapper), 5, version="1.0.0")
+        assert err["msg"].startswith(f"host-local: cannot use dataDir {tmp_path}: "
+                                     f"{net / '10.1.2.2'}: "), err
+        ok(ours.run("DEL", conf, cid="nobody", wrapper=wrapper))  # nothing to release
+    finally:
+        net.chmod(0o755)
+    assert snapshot(net) == before
+    ok(ours.run("DEL", conf, cid="a"))
+    assert leases(net) == {}
 
 
 # --- resolvConf and path safety ----------------------------------------------------------------

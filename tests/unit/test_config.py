@@ -208,12 +208,67 @@ def test_mixed_families_in_one_set():
     ({"type": "host-local", "subnet": "10.1.2.0/24", "routes": [{"gw": "10.1.2.1"}]},
      "invalid config: ipam.routes[0].dst: is required (a CIDR)"),
     ({"type": "host-local", "subnet": "10.1.2.0/24", "routes": [{"dst": "default"}]},
-     "invalid config: ipam.routes[0]: dst must be a CIDR and gw an IP"),
+     "invalid config: ipam.routes[0].dst: is not a CIDR"),
     ({"type": "host-local", "subnet": "10.1.2.0/24", "routes": [{"dst": "0/0", "gw": 1}]},
-     "invalid config: ipam.routes[0]: dst must be a CIDR and gw an IP"),
+     "invalid config: ipam.routes[0].dst: is not a CIDR"),
+    ({"type": "host-local", "subnet": "10.1.2.0/24", "routes": ["0.0.0.0/0"]},
+     "invalid config: ipam.routes[0]: must be an object {dst, gw, ...}"),
 ])
 def test_ipam_errors_name_the_key(ipam, msg):
     assert config_error(ipam) == msg
+
+
+# --- routes: the spec's route type -------------------------------------------------------------
+
+U32 = 2**32 - 1
+
+
+@pytest.mark.parametrize("route", [
+    {"dst": "0.0.0.0/0"},
+    {"dst": "10.9.0.0/16", "gw": "10.1.2.254"},
+    {"dst": "10.9.0.1/16"},  # host bits are kept, as the reference's types.IPNet does
+    {"dst": "::/0", "gw": "2001:db8::1", "mtu": 1400, "advmss": 1360, "priority": 10,
+     "table": U32, "scope": 0},
+    {"dst": "10.9.0.0/16", "mtu": 0, "table": 0, "scope": 255},
+])
+def test_valid_routes_are_copied(route):
+    c = config({"type": "host-local", "subnet": "10.1.2.0/24", "routes": [route]})
+    assert c.routes == [route]
+
+
+@pytest.mark.parametrize("route, key, msg", [
+    ({"dst": "10.9.0.0/16", "gw": "10.1.2"}, "gw", "is not an IP address"),
+    ({"dst": "10.9.0.0/16", "gw": ["10.1.2.1"]}, "gw", "is not an IP address"),
+    ({"dst": "10.9.0.0/33"}, "dst", "is not a CIDR"),
+    ({"dst": "10.9.0.0/\u0662\u0664"}, "dst", "is not a CIDR"),  # Arabic-Indic 24
+    ({"dst": 5}, "dst", "is required (a CIDR)"),
+    ({"dst": "0.0.0.0/0", "table": 2**32}, "table", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "table": -1}, "table", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "mtu": 2**40}, "mtu", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "mtu": "1500"}, "mtu", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "mtu": 1500.0}, "mtu", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "advmss": True}, "advmss", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "priority": -5}, "priority", f"must be an integer from 0 to {U32}"),
+    ({"dst": "0.0.0.0/0", "scope": 256}, "scope", "must be an integer from 0 to 255"),
+    ({"dst": "0.0.0.0/0", "scope": "link"}, "scope", "must be an integer from 0 to 255"),
+])
+def test_bad_route_fields_are_code_7_naming_the_key(route, key, msg):
+    ipam = {"type": "host-local", "subnet": "10.1.2.0/24",
+            "routes": [{"dst": "0.0.0.0/0"}, route]}
+    assert config_error(ipam) == f"invalid config: ipam.routes[1].{key}: {msg}"
+
+
+# --- dataDir and resolvConf are paths -------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["dataDir", "resolvConf"])
+@pytest.mark.parametrize("value, problem", [
+    ("/var/lib/cni\0/x", "must be a path, it contains a NUL character"),
+    ("/var/lib/\ud800cni", "must be a path, it contains a lone surrogate (\\ud800-\\udfff)"),
+    ("/var/lib/\udcffcni", "must be a path, it contains a lone surrogate (\\ud800-\\udfff)"),
+])
+def test_paths_with_nul_or_lone_surrogate_are_code_7(key, value, problem):
+    ipam = {"type": "host-local", "subnet": "10.1.2.0/24", key: value}
+    assert config_error(ipam) == f"invalid config: ipam.{key}: {problem}"
 
 
 @pytest.mark.parametrize("ipam", [None, "host-local", ["x"]])
@@ -231,13 +286,29 @@ def test_runtime_ip_ranges_must_be_a_list():
 
 # --- requested addresses -------------------------------------------------------------------
 
-def test_requested_ips_in_order_cni_args_args_runtime_config():
+def test_requested_ips_in_order_cni_args_runtime_config():
     c = config({"type": "host-local", "subnet": "10.1.2.0/24"},
                cni_args="IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.1.2.9/24,::ffff:10.1.2.8",
-               args={"cni": {"ips": ["2001:db8::7"]}},
                runtimeConfig={"ips": ["10.1.2.6/24"]})
-    assert c.requested == [(4, 0x0A010209), (4, 0x0A010208), (6, 0x20010DB8 << 96 | 7),
-                           (4, 0x0A010206)]
+    assert c.requested == [(4, 0x0A010209), (4, 0x0A010208), (4, 0x0A010206)]
+
+
+@pytest.mark.parametrize("ips, expected", [
+    (["2001:db8::7"], [(6, 0x20010DB8 << 96 | 7), (4, 0x0A010206)]),
+    ([], [(4, 0x0A010206)]),  # the runtime said "no address of my choosing": IP= is not used
+])
+def test_args_cni_ips_replace_cni_args_ip_and_combine_with_runtime_config(ips, expected):
+    """CONVENTIONS.md: args carries the equivalent of CNI_ARGS IP, so IP= is ignored."""
+    c = config({"type": "host-local", "subnet": "10.1.2.0/24"},
+               cni_args="IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.1.2.9",
+               args={"cni": {"ips": ips}}, runtimeConfig={"ips": ["10.1.2.6/24"]})
+    assert c.requested == expected
+
+
+def test_null_args_cni_ips_is_absent():
+    c = config({"type": "host-local", "subnet": "10.1.2.0/24"}, cni_args="IP=10.1.2.9",
+               args={"cni": {"ips": None}})
+    assert c.requested == [(4, 0x0A010209)]
 
 
 def test_no_requested_ips():
@@ -255,6 +326,7 @@ def test_unparsable_ip_in_cni_args_is_an_env_error():
 
 @pytest.mark.parametrize("top, key", [
     ({"args": {"cni": {"ips": ["nope"]}}}, "args.cni.ips"),
+    ({"args": {"cni": {"ips": [["10.1.2.9"]]}}}, "args.cni.ips"),
     ({"args": {"cni": {"ips": "10.1.2.9"}}}, "args.cni.ips"),
     ({"runtimeConfig": {"ips": ["10.1.2.9", 7]}}, "runtimeConfig.ips"),
     ({"runtimeConfig": {"ips": "10.1.2.9"}}, "runtimeConfig.ips"),

@@ -6,7 +6,8 @@ import pytest
 
 from cni_protocol import version as versions
 from cni_protocol.errors import CNIError
-from cni_protocol.request import REQUIRED_ENV, Request, check_ifname, parse_cni_args, valid_id
+from cni_protocol.request import (MAX_CONTAINER_ID, REQUIRED_ENV, Request, check_ifname,
+                                  parse_cni_args, valid_id)
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x",
        "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
@@ -44,6 +45,19 @@ def test_bad_container_id_is_code_4(cid):
     assert repr(cid) in e.details
 
 
+@pytest.mark.parametrize("command", ["ADD", "CHECK", "DEL"])
+def test_container_id_of_the_maximum_length(command):
+    assert make(command, CNI_CONTAINERID="f" * MAX_CONTAINER_ID).container_id == "f" * 1024
+
+
+def test_longer_container_id_is_refused_by_add_only():
+    e = error(CNI_CONTAINERID="f" * (MAX_CONTAINER_ID + 1))
+    assert (e.code, e.msg) == (4, "invalid CNI_CONTAINERID: longer than 1024 bytes")
+    assert e.details == "CNI_CONTAINERID has 1025 bytes"
+    for command in ("CHECK", "DEL"):  # they find nothing: no ADD made it
+        assert make(command, CNI_CONTAINERID="f" * 100_000).container_id == "f" * 100_000
+
+
 @pytest.mark.parametrize("name", ["eth0", "a", "x" * 15, "veth.1-2_3", "\u00e9" * 7])
 def test_valid_ifnames(name):
     check_ifname(name)
@@ -60,6 +74,9 @@ def test_valid_ifnames(name):
     ("a:b", "contains / or : or whitespace"),
     ("a b", "contains / or : or whitespace"),
     ("a\tb", "contains / or : or whitespace"),
+    ("eth\udcff", "is not valid UTF-8"),  # the byte 0xff, as os.environ holds it
+    ("eth\ud800", "is not valid UTF-8"),
+    ("eth\0", "contains a NUL character"),
 ])
 def test_bad_ifname_is_code_4(name, problem):
     for command in ("ADD", "CHECK", "DEL"):
@@ -206,3 +223,41 @@ def test_verb_minimum_versions(verb, minimum, old, new):
     with pytest.raises(CNIError) as e:
         versions.require(old, minimum, verb)
     assert (e.value.code, e.value.msg) == (1, f"config version does not allow {verb}")
+
+
+# --- GC's attachment list ----------------------------------------------------------------------
+
+def gc_request(conf: dict) -> Request:
+    return Request("GC", {"CNI_COMMAND": "GC", "CNI_PATH": "/opt/cni/bin"}, b"",
+                   dict(CONF, **conf), "1.1.0", ())
+
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_valid_attachments(key):
+    req = gc_request({key: [{"containerID": "a", "ifname": "eth0"},
+                            {"containerID": "a", "ifname": "net1", "extra": 1}]})
+    assert req.valid_attachments() == {("a", "eth0"), ("a", "net1")}
+
+
+@pytest.mark.parametrize("entry", [
+    {"containerID": "a"},  # no ifname: "" would release the lease of a real eth0
+    {"containerID": "a", "ifname": None},
+    {"containerID": "a", "ifname": 0},
+    {"ifname": "eth0"},
+    {"containerID": ["a"], "ifname": "eth0"},
+    "a/eth0",
+])
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_a_malformed_attachment_refuses_the_gc_naming_the_entry(key, entry):
+    req = gc_request({key: [{"containerID": "a", "ifname": "eth0"}, entry]})
+    with pytest.raises(CNIError) as e:
+        req.valid_attachments()
+    assert (e.value.code, e.value.msg) == (
+        7, f"invalid {key}[1]: an attachment needs a string containerID and ifname")
+    assert e.value.details == f"{key}[1]={entry!r}"
+
+
+def test_gc_without_an_attachment_list_is_code_7():
+    with pytest.raises(CNIError) as e:
+        gc_request({}).valid_attachments()
+    assert (e.value.code, e.value.msg) == (7, "GC needs cni.dev/valid-attachments")
