@@ -23,6 +23,8 @@ def cmd_add(req: Request) -> dict:
     cfg.validate_for_add()
     _refuse_own_netns(req)
     backend = _masquerade_backend(cfg) if cfg.ip_masq and cfg.ipam_type else None
+    if cfg.macspoofchk:
+        _refuse_unnameable_macspoofchk(req)
     call = ipam.start(cfg.ipam_type, "ADD", req) if cfg.ipam_type else None
     try:
         from .attach import add
@@ -97,6 +99,15 @@ def _masquerade_backend(cfg: BridgeConfig) -> str:
         return masquerade.choose(cfg.ip_masq_backend)
     except masquerade.MasqueradeError as e:
         raise CNIError(BRIDGE_FAILURE, str(e)) from None
+
+
+def _refuse_unnameable_macspoofchk(req: Request) -> None:
+    """nftables names chains in at most 255 bytes: a container ID too long for the MAC check's
+    chains is refused before anything is made (code 4)."""
+    from .macspoofchk import name_problem
+    problem = name_problem(req.container_id, req.ifname)
+    if problem:
+        raise CNIError(INVALID_ENV, f"invalid CNI_CONTAINERID: {problem}")
 
 
 def _refuse_own_netns(req: Request) -> None:

@@ -165,3 +165,11 @@ def test_upstreams_del_removes_ours_and_ours_removes_upstreams(node):
             node.cni("DEL", conf(node), pod, netns="").ok()
         assert chains(node) == [], (adder, deleter)
         assert not [line for line in bridge_nat(node) if "macspoofchk-" in line]
+
+
+def test_an_id_too_long_for_the_chain_names_is_refused_before_anything(node):
+    pod = node.pod()
+    err = node.cni("ADD", conf(node), pod, cid="c" * 240).error
+    assert err["code"] == 4 and "CNI_CONTAINERID" in err["msg"] and "255" in err["msg"], err
+    node.assert_no_trace(pod)
+    assert node.link(BR) is None

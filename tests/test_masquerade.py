@@ -502,9 +502,10 @@ def test_missing_names_each_absent_rule(netns, backend):
 @root_only
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gc_keeps_the_valid_and_removes_the_rest_also_with_long_ids(netns, backend):
-    """A 300-character ID: iptables cuts the comment to 255 bytes (its closing quote goes),
-    nftables to 128; GC must find those chains and rules all the same."""
-    long_id = "L" + "x" * 299
+    """The longest ID ADD accepts (1024 bytes): iptables cuts the comment to 255 bytes (its
+    closing quote goes), nftables to 128; GC must find those chains and rules all the same."""
+    from cni_protocol.request import MAX_CONTAINER_ID
+    long_id = "L" + "x" * (MAX_CONTAINER_ID - 1)
     for cid, cidr in (("a", "10.22.0.2/24"), ("b", "10.22.0.3/24"), ("c", "fd00:22::4/64"),
                       (long_id, "10.22.0.5/24")):
         setup(netns, backend, cid, [cidr])
