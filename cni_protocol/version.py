@@ -1,5 +1,5 @@
 """cniVersion negotiation: exact match against what we support, as the reference's reconciler."""
-from __future__ import annotations
+# No `from __future__ import annotations`: this module is on VERSION's path (see skel).
 
 from .errors import CNIError, INCOMPATIBLE_VERSION, INVALID_CONFIG
 
