@@ -14,9 +14,10 @@ bridge does its netlink work; an in-process call has run when `start` returns, a
 (collected) once `wait` has returned its answer, as for a process. Answers are
 checked here, once (cni_protocol.result.parse): attach and check trust their shape.
 
-Every plugin we run finds DELEGATE_MARK in its environment. A bridge that finds it in its own
-was started as somebody's IPAM plugin: ipam.type names a bridge, directly or through other
-plugins, and it refuses instead of recursing without bound.
+A delegation loop (ipam.type naming a bridge, directly or through other plugins) is refused
+instead of recursing without bound: an IPAM plugin that is this bridge is not run, and every
+plugin we run finds DELEGATE_MARK in its environment, so that a bridge of ours started as
+somebody's IPAM plugin (through a wrapper, another build, the Go bridge) refuses.
 """
 from __future__ import annotations
 
@@ -48,32 +49,35 @@ def find_plugin(plugin: str, path: list[str]) -> str:
                    f"CNI_PATH={':'.join(path)}")
 
 
+def _built_as(executable: str) -> str | None:
+    """Which plugin of this very build `executable` is, by its first line; None if none."""
+    try:
+        from cni_build import FIRST_LINES  # written into the zipapp by tools/build_zipapp.py
+    except ImportError:
+        return None  # not running from a zipapp: no build to compare with
+    try:
+        fd = posix.open(executable, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
+        try:
+            head = posix.read(fd, max(map(len, FIRST_LINES.values())))
+        finally:
+            posix.close(fd)
+    except OSError:
+        return None
+    return next((name for name, line in FIRST_LINES.items() if head.startswith(line)), None)
+
+
+def _loop(why: str) -> CNIError:
+    return CNIError(INVALID_CONFIG, f"ipam.type names a bridge plugin: {why}, a delegation loop",
+                    "ipam.type must name an IPAM plugin, such as host-local")
+
+
 def refusing_delegation_loops(handler):
     """The bridge's `handler` for a verb, refusing when this bridge is somebody's IPAM plugin."""
     def verb(req: Request):
         if DELEGATE_MARK in req.env:
-            raise CNIError(INVALID_CONFIG, "ipam.type names a bridge plugin: this bridge was "
-                           "started as the IPAM plugin of a bridge, a delegation loop",
-                           f"{DELEGATE_MARK} is set in its environment")
+            raise _loop(f"this bridge was started as an IPAM plugin ({DELEGATE_MARK} is set)")
         return handler(req)
     return verb
-
-
-def runs_in_process(executable: str) -> bool:
-    """Whether `executable` is our host-local of this build: its first line says so."""
-    try:
-        from cni_build import FIRST_LINES  # written into the zipapp by tools/build_zipapp.py
-    except ImportError:
-        return False  # not running from a zipapp: no build to compare with
-    expected = FIRST_LINES[IN_PROCESS[0]]
-    try:
-        fd = posix.open(executable, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
-        try:
-            return posix.read(fd, len(expected)) == expected
-        finally:
-            posix.close(fd)
-    except OSError:
-        return False
 
 
 class IPAMCall:
@@ -86,7 +90,10 @@ class IPAMCall:
         executable = find_plugin(plugin, req.path)
         env = dict(req.env, CNI_COMMAND=command)
         env[DELEGATE_MARK] = "1"
-        self.in_process = runs_in_process(executable)
+        built_as = _built_as(executable)
+        if built_as == "bridge":
+            raise _loop(f"{executable} is this bridge")
+        self.in_process = built_as == IN_PROCESS[0]
         if self.in_process:
             from cni_protocol.skel import serve
             answer = serve(*IN_PROCESS, env, req.stdin)
