@@ -28,7 +28,6 @@ from cni_protocol import jsonio
 from cni_protocol.errors import CNIError, DECODE_FAILURE, INVALID_CONFIG
 from cni_protocol.request import Request
 from cni_protocol.result import InvalidResult, parse
-from .process import Child
 
 DELEGATE_MARK = "CNI_PYTHON_BRIDGE_DELEGATE"
 IN_PROCESS = ("host-local", "host_local_ipam.plugin")  # (plugin, its module of verbs)
@@ -100,6 +99,7 @@ class IPAMCall:
             self._child, self._answer = None, (answer.status, answer.stdout)
             self._collected = False
             return
+        from .process import Child
         try:
             self._child = Child([executable], env, req.stdin)
         except OSError as e:
