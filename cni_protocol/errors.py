@@ -1,5 +1,5 @@
 """CNI error codes (spec section "Error") and the one exception every plugin raises."""
-# No `from __future__ import annotations`: this module is on VERSION's path (see skel).
+from __future__ import annotations
 
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2

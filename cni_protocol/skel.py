@@ -12,10 +12,12 @@ answer cannot be given (not expressible in the request's version, or stdout clos
 is undone with the plugin's own DEL of the same request, as a failed step of the ADD is.
 
 Start-up: this module imports only `posix`, which the interpreter has loaded already, and not
-`os` (~2 ms: os builds _collections_abc's classes), nor `__future__` (~0.3 ms); requests,
-results and the verbs are imported only when a verb needs them. VERSION thus costs the
-interpreter's start, the loader line and the JSON module's C half.
+`os` (~2 ms: os builds _collections_abc's classes); requests, results and the verbs are
+imported only when a verb needs them. VERSION thus costs the interpreter's start, the loader
+line and the JSON module's C half.
 """
+from __future__ import annotations
+
 import posix
 import sys
 

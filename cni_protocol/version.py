@@ -1,5 +1,5 @@
 """cniVersion negotiation: exact match against what we support, as the reference's reconciler."""
-# No `from __future__ import annotations`: this module is on VERSION's path (see skel).
+from __future__ import annotations
 
 from .errors import CNIError, INCOMPATIBLE_VERSION, INVALID_CONFIG
 

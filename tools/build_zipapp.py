@@ -33,7 +33,9 @@ usage: build_zipapp.py --shiv SHIV --plugin NAME --verbs MODULE --site-packages 
 """
 from __future__ import annotations
 
+import __future__
 import argparse
+import ast
 import hashlib
 import importlib.util
 import json
@@ -149,10 +151,19 @@ def compiled_modules(sites: list[str]) -> bytes:
                     module = package
                 path = os.path.join(parent, name)
                 with open(path, "rb") as f:
-                    code = compile(f.read(), os.path.relpath(path, site), "exec",
-                                   dont_inherit=True)
-                modules[module] = (is_package, code)
+                    modules[module] = (is_package, _compile(f.read(), os.path.relpath(path, site)))
     return fastimport.pack(modules, importlib.util.MAGIC_NUMBER)
+
+
+def _compile(source: bytes, filename: str):
+    """The module's code, with `from __future__ import annotations` as a compiler flag rather
+    than a statement: the same code, without importing __future__ at run time (~0.2 ms)."""
+    tree = ast.parse(source, filename)
+    tree.body = [node for node in tree.body
+                 if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"
+                         and [a.name for a in node.names] == ["annotations"])]
+    return compile(tree, filename, "exec", flags=__future__.annotations.compiler_flag,
+                   dont_inherit=True)
 
 
 def main() -> None:
