@@ -115,20 +115,21 @@ def first_line(plugin: str, build_id: str) -> bytes:
 
 
 def build_id(paths: list[str]) -> str:
-    """A hash over the name and bytes of every .py file under `paths`, and this tool's: equal
-    ids mean the same code (and the same start lines) in both zipapps."""
+    """A hash over the name and bytes of every .py file under `paths` (named from the
+    package on, wherever the checkout is), and this tool's: equal ids mean the same code (and
+    the same start lines) in both zipapps."""
     digest = hashlib.sha256()
-    files = [os.path.abspath(__file__)]
+    tool = os.path.abspath(__file__)
+    files = [(os.path.basename(tool), tool)]
     for path in paths:
-        if os.path.isfile(path):
-            files.append(path)
+        base = os.path.dirname(os.path.abspath(path))
         for parent, dirs, names in os.walk(path):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            files.extend(os.path.join(parent, n) for n in sorted(names) if n.endswith(".py"))
-    for name in files:
+            files.extend((os.path.relpath(os.path.join(parent, n), base), os.path.join(parent, n))
+                         for n in sorted(names) if n.endswith(".py"))
+    for label, name in files:
         with open(name, "rb") as f:
             data = f.read()
-        label = os.path.basename(name) if name == files[0] else os.path.normpath(name)
         digest.update(f"{label}\0{len(data)}\0".encode() + data)
     return digest.hexdigest()[:32]
 
