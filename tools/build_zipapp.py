@@ -59,7 +59,8 @@ OUR_PACKAGES = ("cni_protocol", "cni_bridge", "host_local_ipam")
 START = (
     "#import posix; f.close(); "
     "sys.argv = sys.argv[1:]; "
-    "root = posix.environ.get(b'SHIV_ROOT', b'').decode() or '{root}'; "
+    "root = posix.environ.get(b'SHIV_ROOT', b'').decode('utf-8', 'surrogateescape') "
+    "or '{root}'; "
     "site = f'{{root}}/{plugin}_{shiv_id}/site-packages'; "
     "warm = posix.access(site, posix.F_OK); "
     "sys.path.insert(0, site if warm else sys.argv[0]); "
