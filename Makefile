@@ -13,7 +13,10 @@ APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables con
 
 PROTOCOL := $(shell find cni_protocol -name '*.py')
 HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
-BRIDGE_SRC := $(PROTOCOL) $(shell find cni_bridge -name '*.py')
+# The bridge carries host-local too: it runs a host-local of its own build in-process.
+BRIDGE_SRC := $(HOST_LOCAL_SRC) $(shell find cni_bridge -name '*.py')
+# Both zipapps of one build carry one build id, a hash over these (tools/build_zipapp.py).
+BUILD_ID_FROM := cni_protocol host_local_ipam cni_bridge
 
 .PHONY: all deps venv zipapps install test unit demo demo-clean bench bench-ipam clean
 
@@ -43,15 +46,16 @@ build/site-bridge: $(BRIDGE_SRC) | venv
 	rm -rf $@ && mkdir -p $@
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --target $@ \
 		python-iptables==$(IPTC_VERSION)
-	cp -r cni_protocol cni_bridge $@/
+	cp -r cni_protocol cni_bridge host_local_ipam $@/
 	find $@ -name __pycache__ -prune -exec rm -rf {} +
 
-dist/host-local: ENTRY := host_local_ipam.__main__:main
-dist/bridge: ENTRY := cni_bridge.__main__:main
-dist/%: build/site-% tools/build_zipapp.py | venv
+# Either zipapp changes when any source does: the build id they share covers both plugins.
+dist/host-local: VERBS := host_local_ipam.plugin
+dist/bridge: VERBS := cni_bridge.plugin
+dist/%: build/site-% $(BRIDGE_SRC) tools/build_zipapp.py | venv
 	mkdir -p dist
 	$(PYTHON) tools/build_zipapp.py --shiv $(VENV)/bin/shiv --root $(EXTRACT_ROOT) \
-		--entry $(ENTRY) --site-packages $< --out $@
+		--plugin $* --verbs $(VERBS) --site-packages $< --id-from $(BUILD_ID_FROM) --out $@
 
 zipapps: dist/host-local dist/bridge
 

@@ -2,8 +2,8 @@
 
 Every CNI call is a fresh process, so import time matters more than features:
 pyroute2 costs ~385 ms to import, this module a fraction of a millisecond.
-It imports only `_socket` (the C module; `socket` pulls in `enum`), `struct`,
-`os` and `errno`.
+It imports only C modules: `_socket` (`socket` pulls in `enum`), `_struct`, `posix`
+and `errno`.
 
 Wire format in one paragraph: a request is an `nlmsghdr` (length, type, flags,
 sequence number, port id) followed by a fixed family header (`ifinfomsg` for
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import _socket
 import errno
-import os
-import struct
+import _struct as struct  # the C module; struct.py only re-exports it (~0.2 ms)
+import posix  # not os (~2 ms to import): cni_protocol/skel.py
 
 AF_UNSPEC = 0
 AF_INET = _socket.AF_INET
@@ -160,7 +160,7 @@ _DELETES = (RTM_DELLINK, RTM_DELADDR, RTM_DELROUTE)
 
 def _error(code: int, what: str, kernel_says: str, msg_type: int) -> NetlinkError:
     """Map a kernel errno to the domain exception, keeping the kernel's own text."""
-    message = f"{what}: {os.strerror(code)}"
+    message = f"{what}: {posix.strerror(code)}"
     if kernel_says:
         message += f" ({kernel_says})"
     if code == errno.EEXIST:

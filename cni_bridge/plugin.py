@@ -151,6 +151,7 @@ def _as_cni_error(e: Exception) -> Exception:
     return e
 
 
-HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc,
-            "STATUS": cmd_status}
+HANDLERS = {verb: ipam.refusing_delegation_loops(handler) for verb, handler in (
+    ("ADD", cmd_add), ("DEL", cmd_del), ("CHECK", cmd_check), ("GC", cmd_gc),
+    ("STATUS", cmd_status))}
 __all__ = ["HANDLERS", "KNOWN_ARGS"]

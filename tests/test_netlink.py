@@ -290,7 +290,7 @@ def test_setup_veth_draws_a_new_host_name_on_clash(node, pod):
     sh("ip", "-n", node, "link", "add", "vethdeadbeef", "type", "veth", "peer", "name", "clash0")
     result = run_in(node, """
         draws = iter([bytes.fromhex("deadbeef"), bytes.fromhex("00c0ffee")])
-        os.urandom = lambda n: next(draws)
+        links.posix.urandom = lambda n: next(draws)
         nl = Netlink()
         bridge = links.ensure_bridge(nl, "cni0")
         host, pod = links.setup_veth(nl, P["pod"], "eth0", None, None, bridge.index)
