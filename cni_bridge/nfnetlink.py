@@ -19,8 +19,8 @@ their listings show our rules exactly as if they had written them, and so their 
 
 from __future__ import annotations
 
+import _struct as struct  # the C module; struct.py only re-exports it
 import errno
-import struct
 
 from .netlink import (NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, AlreadyExists, NetlinkError,
                       NetlinkSocket, NotFound, _NLMSGHDR, _attr, _error, _extack_message,

@@ -116,10 +116,10 @@ def _refuse_own_netns(req: Request) -> None:
     node's own interfaces around. Two stat calls; a missing path is the verbs' business."""
     if not req.netns or req.env.get("CNI_NETNS_OVERRIDE", "").lower() in ("1", "true"):
         return
-    import os
+    import posix
     try:
-        target = os.stat(req.netns)
-        own = os.stat("/proc/thread-self/ns/net")
+        target = posix.stat(req.netns)
+        own = posix.stat("/proc/thread-self/ns/net")
     except OSError:
         return
     if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):

@@ -1,7 +1,7 @@
 """`ipam.resolvConf`: a resolv.conf file turned into the result's `dns`."""
 from __future__ import annotations
 
-import os
+import posix  # not os: see store.py
 
 from cni_protocol.errors import CNIError, IO_FAILURE
 from .store import READ_FLAGS, read_at_most
@@ -16,11 +16,11 @@ RESOLV_CONF_MAX = 64 * 1024
 def parse_resolv_conf(path: str) -> dict:
     """nameserver, domain, search and options lines; '#' and ';' start comments."""
     try:
-        fd = os.open(path, READ_FLAGS)  # a FIFO does not hang us; symlinks are fine here
+        fd = posix.open(path, READ_FLAGS)  # a FIFO does not hang us; symlinks are fine here
         try:
             data = read_at_most(fd, RESOLV_CONF_MAX)
         finally:
-            os.close(fd)
+            posix.close(fd)
     except OSError as e:
         raise CNIError(IO_FAILURE, f"ipam.resolvConf: cannot read {path}: {e.strerror}") from None
     if data is None:

@@ -21,8 +21,8 @@ reservation temp file.
 """
 from __future__ import annotations
 
-import os
-import stat
+import _stat as stat  # the C module: stat.py only re-exports it
+import posix  # not os (~2 ms of start-up, see cni_protocol/skel.py): no os.path here
 from fcntl import LOCK_EX, LOCK_UN, flock
 
 from cni_protocol.ip import fmt, parse_ip
@@ -46,14 +46,14 @@ LAST_RESERVED_MAX = 64
 # O_NONBLOCK, so that a FIFO never hangs the plugin, and read within a bound, so that /dev/zero
 # or a huge file cannot exhaust memory. (Here rather than in a module of their own: dns.py uses
 # them too, and a module costs ~0.1 ms of start-up on every call.)
-READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK
+READ_FLAGS = posix.O_RDONLY | posix.O_NONBLOCK
 
 
 def read_at_most(fd: int, limit: int) -> bytes | None:
     """The file's bytes up to its end, or None if it holds more than `limit` bytes."""
     data = b""
     while True:
-        chunk = os.read(fd, limit + 1 - len(data))
+        chunk = posix.read(fd, limit + 1 - len(data))
         if not chunk:
             return data
         data += chunk
@@ -78,14 +78,14 @@ def _open_own(path: str, flags: int, mode: int = 0o600) -> int:
     """Open one of the store's own files (lock, last_reserved_ip.N) without following a
     symlink or blocking on a FIFO; anything but a regular file is refused."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode)
+        fd = posix.open(path, flags | posix.O_NOFOLLOW | posix.O_NONBLOCK, mode)
     except OSError:  # ELOOP for a symlink, ENXIO for a socket: say which, from lstat
         refusal = _refusal(path)
         if refusal is None:
             raise
         raise refusal from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if not stat.S_ISREG(posix.fstat(fd).st_mode):
+        posix.close(fd)
         raise _refusal(path) or OSError(None, "is not a regular file", path)
     return fd
 
@@ -94,7 +94,7 @@ def _refusal(path: str) -> OSError | None:
     """What stands where one of our files should be, as an OSError without errno (the
     `errno` module alone costs 0.1 ms of start-up): None if it is a regular file or nothing."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = posix.lstat(path).st_mode
     except OSError:
         return None
     if stat.S_ISLNK(mode):
@@ -102,6 +102,41 @@ def _refusal(path: str) -> OSError | None:
     if not stat.S_ISREG(mode):
         return OSError(None, "is not a regular file", path)
     return None
+
+
+def _join(directory: str, name: str) -> str:
+    """os.path.join for a name without slashes."""
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
+
+
+def _lexists(path: str) -> bool:
+    try:
+        posix.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _makedirs(path: str, mode: int) -> None:
+    """os.makedirs(path, mode, exist_ok=True): parents with the default mode, as it does;
+    a concurrent ADD creating the same directories is no error."""
+    try:
+        posix.mkdir(path, mode)
+        return
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        parent = path.rstrip("/").rpartition("/")[0]
+        if not parent:
+            raise
+        _makedirs(parent, 0o777)
+        try:
+            posix.mkdir(path, mode)
+            return
+        except FileExistsError:
+            pass
+    if not stat.S_ISDIR(posix.stat(path).st_mode):
+        raise FileExistsError(17, "File exists", path)
 
 
 class _Lock:
@@ -113,7 +148,7 @@ class _Lock:
 
     def __enter__(self) -> None:
         if self._fd < 0:  # O_NONBLOCK is for open() only: flock() blocks unless LOCK_NB
-            self._fd = _open_own(self._path, os.O_RDONLY | os.O_CREAT, 0o750)
+            self._fd = _open_own(self._path, posix.O_RDONLY | posix.O_CREAT, 0o750)
         flock(self._fd, LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
@@ -122,33 +157,33 @@ class _Lock:
 
 class DiskStore:
     def __init__(self, data_dir: str, network: str) -> None:
-        self.dir = os.path.join(data_dir, network)
-        os.makedirs(self.dir, 0o755, exist_ok=True)
-        self._lock = _Lock(os.path.join(self.dir, LOCK_NAME))
+        self.dir = _join(data_dir, network)
+        _makedirs(self.dir, 0o755)
+        self._lock = _Lock(_join(self.dir, LOCK_NAME))
 
     def lock(self) -> _Lock:
         return self._lock
 
     def reserve(self, container_id: str, ifname: str, ip: str, set_index: int) -> bool:
-        path = os.path.join(self.dir, ip)
-        if os.path.lexists(path):
+        path = _join(self.dir, ip)
+        if _lexists(path):
             return False
-        tmp = os.path.join(self.dir, RESERVING_NAME)
+        tmp = _join(self.dir, RESERVING_NAME)
         try:  # a crash leftover: never truncate it, it may be linked to a lease already
-            os.unlink(tmp)
+            posix.unlink(tmp)
         except FileNotFoundError:
             pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW, 0o600)
         try:
-            os.write(fd, _content(container_id, ifname).encode())
+            posix.write(fd, _content(container_id, ifname).encode())
         finally:
-            os.close(fd)
+            posix.close(fd)
         try:
-            os.link(tmp, path)
+            posix.link(tmp, path)
         except FileExistsError:
             return False
         finally:
-            os.unlink(tmp)
+            posix.unlink(tmp)
         try:
             self._write_last_reserved(ip, set_index)
         except BaseException:
@@ -157,23 +192,23 @@ class DiskStore:
         return True
 
     def _write_last_reserved(self, ip: str, set_index: int) -> None:
-        fd = _open_own(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
-                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fd = _open_own(_join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
+                       posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC)
         try:
-            os.write(fd, ip.encode())
+            posix.write(fd, ip.encode())
         finally:
-            os.close(fd)
+            posix.close(fd)
 
     def last_reserved(self, set_index: int) -> str | None:
         try:
-            fd = _open_own(os.path.join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
-                           os.O_RDONLY)
+            fd = _open_own(_join(self.dir, f"{LAST_RESERVED_PREFIX}{set_index}"),
+                           posix.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
             data = read_at_most(fd, LAST_RESERVED_MAX)
         finally:
-            os.close(fd)
+            posix.close(fd)
         if not data:  # empty, or too long to be an address: no hint
             return None
         return data.decode(errors="replace").strip() or None
@@ -181,9 +216,9 @@ class DiskStore:
     def _entries(self) -> list[tuple[str, str]]:
         """(name, stripped content) of every lease file, including a reservation leftover."""
         out = []
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        dir_fd = posix.open(self.dir, posix.O_RDONLY | posix.O_DIRECTORY)
         try:
-            with os.scandir(dir_fd) as listing:
+            with posix.scandir(dir_fd) as listing:
                 for entry in listing:
                     # d_type from the listing: no syscall to skip links, FIFOs, sockets, dirs
                     if not entry.is_file(follow_symlinks=False):
@@ -191,21 +226,21 @@ class DiskStore:
                     name = entry.name
                     if name == LOCK_NAME or name.startswith(LAST_RESERVED_PREFIX):
                         continue
-                    # os.open/os.read: a third of open()'s cost, for every lease on every call.
+                    # posix.open/posix.read: a third of open()'s cost, for every lease on every call.
                     try:  # O_NOFOLLOW, O_NONBLOCK: it may have been replaced since the listing
-                        fd = os.open(name, READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+                        fd = posix.open(name, READ_FLAGS | posix.O_NOFOLLOW, dir_fd=dir_fd)
                     except OSError:
                         continue
                     try:  # one read: Linux reads a regular file short only at its end
-                        data = os.read(fd, LEASE_MAX + 1)
+                        data = posix.read(fd, LEASE_MAX + 1)
                     except OSError:
                         continue
                     finally:
-                        os.close(fd)
+                        posix.close(fd)
                     if len(data) <= LEASE_MAX:  # else larger than any lease of ours
                         out.append((name, data.decode(errors="replace").strip()))
         finally:
-            os.close(dir_fd)
+            posix.close(dir_fd)
         return out
 
     def get_by_id(self, container_id: str, ifname: str) -> list[str]:
@@ -231,11 +266,11 @@ class DiskStore:
 
     def reserved(self) -> list[str]:
         """Names only, read from the listing: any file of an address's name blocks reserve()."""
-        return [name for name in os.listdir(self.dir) if is_address_name(name)]
+        return [name for name in posix.listdir(self.dir) if is_address_name(name)]
 
     def release(self, ip: str) -> None:
         try:
-            os.unlink(os.path.join(self.dir, ip))
+            posix.unlink(_join(self.dir, ip))
         except FileNotFoundError:
             pass
 

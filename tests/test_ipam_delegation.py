@@ -238,7 +238,7 @@ def test_kill_9_at_any_instant_of_an_add_then_del_leaves_nothing(node):
 def _run_bounded(node: Node, argv: list, conf: dict, pod: str, path: Path) -> Out:
     """Run in a process group of its own; a recursing plugin is killed with its group."""
     proc = subprocess.Popen([IP, "netns", "exec", node.ns, *map(str, argv)],
-                            env=node.env("ADD", pod, cni_path=path, go=argv[0] == GO_BRIDGE),
+                            env=node.env("ADD", pod, cni_path=path),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -54,8 +54,8 @@ class Attachment:
 def choose(setting: str | None) -> str:
     """The backend for `ipMasqBackend` (None: unset); on a legacy host python-iptables starts
     loading in a thread at once, so that it is ready when the ADD gets to it."""
+    from .naming import LEGACY
     from .selection import choose as choose_backend
-    from .legacy import NAME as LEGACY
 
     backend = choose_backend(setting)
     if backend == LEGACY:
@@ -89,7 +89,7 @@ def setup(backend: str, att: Attachment, cidrs: list[str]) -> None:
     addresses = _addresses(cidrs)
     if not addresses:
         return
-    if backend == "legacy":
+    if backend == "legacy":  # naming.LEGACY
         from . import legacy
         for family, group in _by_family(addresses).items():
             legacy.setup(family, att.network, att.container_id, group)

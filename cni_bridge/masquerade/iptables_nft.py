@@ -28,7 +28,7 @@ from .. import nfnetlink as nf
 from . import naming
 from .addresses import PodAddress, contains, prefix_network
 
-NAME = "iptables-nft"
+NAME = naming.IPTABLES_NFT
 TABLE = "nat"
 POSTROUTING = "POSTROUTING"
 _FAMILY = {4: nf.IPV4, 6: nf.IPV6}

@@ -13,6 +13,8 @@ DEL and GC find the other's rules, and so that cni-inspect finds both:
 """
 from __future__ import annotations
 
+LEGACY, IPTABLES_NFT, NFTABLES = "legacy", "iptables-nft", "nftables"  # the backends
+
 IPTABLES_CHAIN_PREFIX = "CNI-"
 IPTABLES_CHAIN_LENGTH = 28  # "CNI-" + 24 hex: within iptables' 29-byte chain names
 IPTABLES_COMMENT_MAX = 255  # bytes; iptables cuts longer comments (xt_comment_info)

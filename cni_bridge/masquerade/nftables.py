@@ -25,7 +25,7 @@ from .. import nfnetlink as nf
 from . import naming
 from .addresses import PodAddress, prefix_network
 
-NAME = "nftables"
+NAME = naming.NFTABLES
 _SRC_OFFSET = {4: 12, 6: 8}
 _DST_OFFSET = {4: 16, 6: 24}
 

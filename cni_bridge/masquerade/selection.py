@@ -9,19 +9,18 @@ say (a wrapper script such as Kubernetes' iptables-wrapper).
 """
 from __future__ import annotations
 
-import os
+import posix  # not os (~2 ms to import): cni_protocol/skel.py
 
 from . import error
-from .iptables_nft import NAME as IPTABLES_NFT
-from .legacy import NAME as LEGACY
-from .nftables import NAME as NFTABLES
+from .naming import IPTABLES_NFT, LEGACY, NFTABLES
 
 _DEFAULT_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
 def _search_dirs() -> list[str]:
     """PATH first (runtimes pass theirs), then the usual places (some pass none)."""
-    dirs = [d for d in os.environ.get("PATH", "").split(":") if d.startswith("/")]
+    path = posix.environ.get(b"PATH", b"").decode(errors="surrogateescape")
+    dirs = [d for d in path.split(":") if d.startswith("/")]
     return dirs + [d for d in _DEFAULT_DIRS if d not in dirs]
 
 
@@ -29,15 +28,26 @@ def host_iptables() -> tuple[str, str] | None:
     """(path of the host's `iptables`, "nft" or "legacy"), or None if there is none."""
     for directory in _search_dirs():
         path = f"{directory}/iptables"
-        if not os.access(path, os.X_OK):
+        if not posix.access(path, posix.X_OK):
             continue
-        target = os.path.basename(os.path.realpath(path))
+        target = _real_path(path).rpartition("/")[2]
         if "nft" in target:
             return path, "nft"
         if "legacy" in target:
             return path, "legacy"
         return path, _ask_variant(path)
     return None
+
+
+def _real_path(path: str, hops: int = 40) -> str:
+    """os.path.realpath of a command: symlinks followed (relative ones from their directory)."""
+    for _ in range(hops):
+        try:
+            target = posix.readlink(path)
+        except OSError:  # not a link (or gone): this is it
+            return path
+        path = target if target.startswith("/") else f"{path.rpartition('/')[0]}/{target}"
+    return path
 
 
 def _ask_variant(path: str) -> str:
@@ -64,9 +74,9 @@ def nf_tables_problem() -> str | None:
 def legacy_problem() -> str | None:
     """Why the legacy x_tables cannot be used (None: they can): the kernel must have them,
     loaded (their /proc file) or as a module python-iptables can load."""
-    if os.path.exists("/proc/net/ip_tables_names") or os.path.isdir("/sys/module/ip_tables"):
+    if _exists("/proc/net/ip_tables_names") or _exists("/sys/module/ip_tables"):
         return None
-    release = os.uname().release
+    release = posix.uname().release
     try:
         with open(f"/lib/modules/{release}/modules.dep", "rb") as f:
             if b"/ip_tables.ko" in f.read():
@@ -74,6 +84,14 @@ def legacy_problem() -> str | None:
     except OSError:
         pass
     return "the kernel has no legacy x_tables (CONFIG_IP_NF_IPTABLES)"
+
+
+def _exists(path: str) -> bool:
+    try:
+        posix.stat(path)
+    except OSError:
+        return False
+    return True
 
 
 def choose(setting: str | None) -> str:
