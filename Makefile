@@ -3,9 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 CNI_BIN_DIR ?= /opt/cni/bin
+INSPECT_BIN_DIR ?= /usr/local/sbin
 DESTDIR ?=
 EXTRACT_ROOT ?= /var/cache/cni-python
 IPTC_VERSION := 1.2.0
+PYROUTE2_VERSION := 0.9.7
 SHIV_VERSION := 1.0.8
 
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
@@ -14,8 +16,10 @@ APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables con
 PROTOCOL := $(shell find cni_protocol -name '*.py')
 HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
 BRIDGE_SRC := $(PROTOCOL) $(shell find cni_bridge -name '*.py')
+NAMING_SRC := cni_bridge/__init__.py cni_bridge/masquerade/__init__.py cni_bridge/masquerade/naming.py
+INSPECT_SRC := $(NAMING_SRC) $(shell find cni_inspect -name '*.py')
 
-.PHONY: all deps venv zipapps install test unit demo demo-clean bench bench-ipam clean
+.PHONY: all deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam clean
 
 all: zipapps
 
@@ -31,7 +35,7 @@ venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check shiv==$(SHIV_VERSION) pytest \
-		python-iptables==$(IPTC_VERSION)
+		python-iptables==$(IPTC_VERSION) pyroute2==$(PYROUTE2_VERSION)
 	touch $@
 
 build/site-host-local: $(HOST_LOCAL_SRC)
@@ -46,14 +50,25 @@ build/site-bridge: $(BRIDGE_SRC) | venv
 	cp -r cni_protocol cni_bridge $@/
 	find $@ -name __pycache__ -prune -exec rm -rf {} +
 
+# cni-inspect: pyroute2 and the names of the bridge plugin's netfilter objects (naming.py and
+# the package files it needs to import), none of the plugins' own work.
+build/site-cni-inspect: $(INSPECT_SRC) | venv
+	rm -rf $@ && mkdir -p $@/cni_bridge/masquerade
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --target $@ \
+		pyroute2==$(PYROUTE2_VERSION)
+	cp -r cni_inspect $@/
+	for f in $(NAMING_SRC); do cp $$f $@/$$f; done
+	find $@ -name __pycache__ -prune -exec rm -rf {} +
+
 dist/host-local: ENTRY := host_local_ipam.__main__:main
 dist/bridge: ENTRY := cni_bridge.__main__:main
+dist/cni-inspect: ENTRY := cni_inspect.__main__:main
 dist/%: build/site-% tools/build_zipapp.py | venv
 	mkdir -p dist
 	$(PYTHON) tools/build_zipapp.py --shiv $(VENV)/bin/shiv --root $(EXTRACT_ROOT) \
 		--entry $(ENTRY) --site-packages $< --out $@
 
-zipapps: dist/host-local dist/bridge
+zipapps: dist/host-local dist/bridge dist/cni-inspect
 
 # Install into $(DESTDIR)$(CNI_BIN_DIR) (atomically: a runtime may be exec'ing the old one).
 # On this machine (no DESTDIR), also extract each app once so that the first pod does not pay
@@ -70,6 +85,18 @@ install: zipapps
 		fi; \
 	done
 	@echo "installed: $$(ls $(DESTDIR)$(CNI_BIN_DIR)/bridge $(DESTDIR)$(CNI_BIN_DIR)/host-local)"
+	$(MAKE) --no-print-directory install-inspect
+
+# cni-inspect, a tool for people, into $(DESTDIR)$(INSPECT_BIN_DIR) (extracted as the plugins).
+install-inspect: dist/cni-inspect
+	install -d $(DESTDIR)$(INSPECT_BIN_DIR)
+	install -m 0755 dist/cni-inspect $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect.new
+	mv -f $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect.new $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect
+	if [ -z "$(DESTDIR)" ]; then \
+		env -i $(INSPECT_BIN_DIR)/cni-inspect --help >/dev/null && \
+		$(PYTHON) tools/build_zipapp.py --prune $(INSPECT_BIN_DIR)/cni-inspect --root $(EXTRACT_ROOT); \
+	fi
+	@echo "installed: $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect"
 
 unit: venv
 	$(VENV)/bin/python -m pytest -q tests/unit
@@ -82,7 +109,8 @@ test: deps zipapps
 # two-node "Kubernetes The Hard Way" cluster built in network namespaces.
 # DEMO_FLAGS=--keep leaves the cluster up; `make demo-clean` removes it.
 demo: deps install
-	$(PYTHON) tools/cluster.py demo --plugin-dir $(DESTDIR)$(CNI_BIN_DIR) $(DEMO_FLAGS)
+	$(PYTHON) tools/cluster.py demo --plugin-dir $(DESTDIR)$(CNI_BIN_DIR) \
+		--inspect $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect $(DEMO_FLAGS)
 
 demo-clean:
 	$(PYTHON) tools/cluster.py clean

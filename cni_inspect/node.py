@@ -1,0 +1,212 @@
+"""`cni-inspect node`: every bridge of the confs and its ports, the leases against the live pods
+(orphans both ways), masquerade and macspoofchk rules whose pod is gone, the backends in use, and
+the node prerequisites the bridge plugin does not set up.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from . import cache, kernel, leases, netns
+from .confs import NetworkConf
+from .kernel import Kernel
+from .netfilter import Netfilter
+from .pod import link_summary
+from .problems import Problems
+
+BRIDGE_NF_CALL = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
+
+
+def _fstype(path: str) -> tuple[str | None, str | None]:
+    """(mount point, fstype) of the filesystem holding path (or its nearest existing parent)."""
+    path = os.path.realpath(path)
+    while not os.path.exists(path) and path != "/":
+        path = os.path.dirname(path)
+    best = (None, None)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields, _, tail = line.partition(" - ")
+                point = fields.split()[4].encode().decode("unicode_escape")
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and (best[0] is None or len(point) >= len(best[0])):
+                    best = (point, tail.split()[0])
+    except OSError:
+        pass
+    return best
+
+
+def _live_pods(node: Kernel, entries: list[cache.CacheEntry], confs: list[NetworkConf]) -> list[dict]:
+    """Every pod connected to this node by a veth that is a port of a conf's bridge or whose
+    peer has an address of a conf's ranges (a pod detached from its bridge): the veth's peer
+    netns is found among all namespaces by the id this netns has for it."""
+    bridges = {c.bridge_name for c in confs}
+    by_nsid = {}
+    for ns in netns.every([e.netns for e in entries if e.netns]):
+        nsid = node.nsid(ns)
+        if nsid is not None:
+            by_nsid.setdefault(nsid, ns)
+    pods = []
+    for veth in node.links():
+        ns = by_nsid.get(veth.link_netnsid) if veth.kind == "veth" else None
+        if ns is None:
+            continue
+        try:
+            with Kernel(ns) as k:
+                peer = k.link(index=veth.peer_ifindex)
+                addresses = k.addresses(peer.index) if peer else []
+        except OSError:
+            continue
+        if peer is None:
+            continue
+        master = node.link(index=veth.master) if veth.master else None
+        ours = any(c.range_of(ipaddress.ip_interface(a).ip) for c in confs for a in addresses)
+        if not ours and (master is None or master.name not in bridges):
+            continue
+        entry = next((e for e in entries if e.ifname == peer.name and e.netns
+                      and netns.Netns(e.netns).identity() == ns.identity()), None)
+        pods.append({"netns": ns.path, "ifname": peer.name, "addresses": addresses,
+                     "mac": peer.mac, "bridge": master.name if master else None,
+                     "host_veth": {**link_summary(veth, node), "hairpin": veth.hairpin,
+                                   "isolated": veth.isolated},
+                     "network": entry.network if entry else None,
+                     "container_id": entry.container_id if entry else None})
+    return pods
+
+
+def inspect(node: Kernel, confs: list[NetworkConf], cache_dir: str, nf: Netfilter) -> dict:
+    p, w = Problems(), Problems()
+    bridge_confs = [c for c in confs if c.bridge is not None]
+    entries = cache.entries(cache_dir)
+    pods = _live_pods(node, entries, bridge_confs)
+    report = {"confs": [c.summary() for c in confs], "bridges": [], "pods": pods,
+              "leases": [], "cache_entries": [], "masquerade": [], "macspoofchk": [],
+              "backends": [], "prerequisites": {}, "problems": p.items, "warnings": w.items}
+
+    # bridges and their ports --------------------------------------------------------------------
+    for name in dict.fromkeys(c.bridge_name for c in bridge_confs):
+        link = node.link(name)
+        networks = [c.network for c in bridge_confs if c.bridge_name == name]
+        if link is None:
+            report["bridges"].append({"name": name, "networks": networks, "exists": False,
+                                      "addresses": [], "ports": []})
+            continue
+        ports = []
+        for port in node.ports(link):
+            pod = next((q for q in pods if q["host_veth"]["ifindex"] == port.index), None)
+            ports.append({**link_summary(port), "hairpin": port.hairpin,
+                          "isolated": port.isolated,
+                          "pod": {k: pod[k] for k in ("netns", "ifname", "addresses")}
+                          if pod else None})
+        report["bridges"].append({"name": name, "networks": networks, "exists": True,
+                                  "kind": link.kind, "addresses": node.addresses(link.index),
+                                  "oper_state": link.oper_state, "ports": ports})
+
+    # leases against the live pods -----------------------------------------------------------------
+    live_addresses = {ipaddress.ip_interface(a).ip: q for q in pods for a in q["addresses"]}
+    stores = {}
+    for conf in bridge_confs:
+        if conf.uses_host_local:
+            stores.setdefault((conf.data_dir, conf.network), conf)
+    for (data_dir, network), conf in stores.items():
+        for lease in leases.leases(data_dir, network):
+            pod = live_addresses.get(ipaddress.ip_address(lease.ip))
+            alive = pod is not None
+            if alive and pod["container_id"] is None and pod["network"] is None:
+                pod.update(network=network, container_id=lease.container_id)
+            report["leases"].append({**lease.summary(), "network": network, "pod_alive": alive,
+                                     "pod_netns": pod["netns"] if alive else None})
+            if not alive:
+                p.add("lease-leaked", f"lease {lease.path} ({lease.ip}) of container "
+                      f"{lease.container_id} ({lease.ifname or 'any ifname'}) has no live pod: "
+                      "no DEL ran for it. Free it through the runtime, by a CNI DEL of "
+                      f"CNI_CONTAINERID={lease.container_id} CNI_IFNAME={lease.ifname or 'eth0'}"
+                      " with an empty CNI_NETNS, or by a GC (cniVersion 1.1.0) whose "
+                      "cni.dev/valid-attachments leaves it out.")
+    for pod in pods:
+        owners = {c.bridge_name for c in bridge_confs for a in pod["addresses"]
+                  if c.range_of(ipaddress.ip_interface(a).ip)}
+        if owners and pod["bridge"] not in owners:
+            p.add("veth-not-enslaved", f"host veth {pod['host_veth']['name']} of the pod in "
+                  f"{pod['netns']} is " + (f"a port of {pod['bridge']}" if pod["bridge"] else
+                                           "on no bridge") + f", not of {' or '.join(owners)}:"
+                  f" the pod reaches nothing. `ip link set {pod['host_veth']['name']} master "
+                  f"{sorted(owners)[0]}` reconnects it.")
+    leased = {(lease["network"], ipaddress.ip_address(lease["ip"])) for lease in report["leases"]}
+    for pod in pods:
+        for cidr in pod["addresses"]:
+            ip = ipaddress.ip_interface(cidr).ip
+            owners = [c for c in stores.values()
+                      if c.bridge_name == pod["bridge"] and c.range_of(ip)]
+            if owners and not any((c.network, ip) in leased for c in owners):
+                p.add("no-lease", f"{ip} of the pod in {pod['netns']} ({pod['ifname']}, on "
+                      f"{pod['bridge']}) has no lease in "
+                      + " or ".join(leases.store_dir(c.data_dir, c.network) for c in owners)
+                      + ": host-local may give it to another pod. Recreate the pod, or write "
+                        "the lease back (`cni-inspect pod` prints how).")
+
+    # cache entries whose netns is gone ----------------------------------------------------------------
+    networks = {c.network for c in bridge_confs}
+    for entry in entries:
+        alive = bool(entry.netns) and netns.Netns(entry.netns).exists()
+        report["cache_entries"].append({"path": entry.path, "network": entry.network,
+                                        "container_id": entry.container_id,
+                                        "ifname": entry.ifname, "netns": entry.netns,
+                                        "netns_exists": alive})
+        if not alive and entry.network in networks:
+            p.add("netns-gone", f"the runtime's cache entry {entry.path} names netns "
+                  f"{entry.netns or '(none)'}, which is gone: the pod is gone but no DEL ran.")
+
+    # masquerade and macspoofchk rules whose pod is gone -----------------------------------------------
+    live_ids = {(q["network"], q["container_id"]) for q in pods if q["container_id"]}
+    live_sources = {str(ip) for ip in live_addresses}
+    for entry in nf.iptables_chains() + nf.nft_rules():
+        alive = (entry["network"], entry["container_id"]) in live_ids or \
+            bool(set(entry["sources"]) & live_sources)
+        entry["pod_alive"] = alive
+        report["masquerade"].append(entry)
+        if not alive:
+            owner = (f"container {entry['container_id']} of network {entry['network']}"
+                     if entry["container_id"] else "an unknown attachment")
+            p.add("masquerade-leaked", f"{entry['backend']} {entry['chain_or_table']} "
+                  f"masquerades {', '.join(entry['sources']) or 'nothing'} for {owner}, whose pod "
+                  "is gone. A DEL or GC of the attachment removes it.")
+    live_refs = {f"{q['container_id']}-{q['ifname']}" for q in pods if q["container_id"]}
+    for ref in nf.macspoof_refs():
+        alive = ref in live_refs
+        report["macspoofchk"].append({"chain": f"cni-br-iface-{ref}", "pod_alive": alive})
+        if not alive:
+            p.add("macspoofchk-leaked", f"bridge nat chain cni-br-iface-{ref} has no live pod. "
+                  "A DEL of the attachment removes it.")
+
+    report["backends"] = nf.backends_in_use()
+    if "legacy" in report["backends"] and len(report["backends"]) > 1:
+        w.add("backends-mixed", "CNI masquerade rules are both in the legacy tables and in "
+              f"nf_tables ({', '.join(report['backends'])}): their order on the postrouting "
+              "hook is undefined, and each plugin's DEL sees only part of them. Use one "
+              "backend on the node.")
+
+    # node prerequisites ----------------------------------------------------------------------------
+    loaded = os.path.isdir("/proc/sys/net/bridge")
+    call = kernel.sysctl(BRIDGE_NF_CALL[4])
+    data_dirs = []
+    for data_dir in dict.fromkeys(c.data_dir for c in stores.values()):
+        point, fstype = _fstype(data_dir)
+        data_dirs.append({"path": data_dir, "mount_point": point, "fstype": fstype,
+                          "tmpfs": fstype == "tmpfs"})
+        if fstype != "tmpfs":
+            w.add("data-dir-persistent", f"host-local's dataDir {data_dir} is on {fstype} "
+                  f"({point}): its leases survive a reboot that kills every pod, so they leak "
+                  "unless the runtime sends GC at start (CRI-O does) or the dir is emptied at "
+                  "boot (a tmpfs, or a systemd-tmpfiles rule).")
+    report["prerequisites"] = {"br_netfilter": loaded,
+                               "bridge_nf_call_iptables": None if call is None else call == "1",
+                               "data_dirs": data_dirs}
+    if not loaded:
+        w.add("br-netfilter-missing", "br_netfilter is not loaded: kube-proxy's Service rules "
+              "do not see traffic between pods of one bridge. `modprobe br_netfilter`.")
+    elif call != "1":
+        w.add("bridge-nf-call-iptables-off", "net.bridge.bridge-nf-call-iptables is 0: "
+              "kube-proxy's Service rules do not see traffic between pods of one bridge. "
+              "`sysctl -w net.bridge.bridge-nf-call-iptables=1`.")
+    return report
