@@ -19,7 +19,7 @@ from .netns import Netns
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE = 0
-NETNSA_NSID_NOT_ASSIGNED = -1
+NETNSA_NSID_NOT_ASSIGNED = (-1, 0xFFFFFFFF)  # pyroute2 decodes the -1 unsigned
 NUD_STATES = {0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY",
               0x10: "PROBE", 0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT"}
 
@@ -96,10 +96,12 @@ class Kernel:
             return None
         try:
             answer = self.ipr.get_netnsid(fd=fd) or {}
+        except NetlinkError:  # EINVAL: a netns being torn down as we ask
+            answer = {}
         finally:
             os.close(fd)
         nsid = answer.get("nsid")
-        return None if nsid in (None, NETNSA_NSID_NOT_ASSIGNED) else nsid
+        return None if nsid is None or nsid in NETNSA_NSID_NOT_ASSIGNED else nsid
 
     # addresses, routes, neighbours ------------------------------------------------------------
 
@@ -154,7 +156,7 @@ def conntrack(addresses: set[str]) -> list[dict]:
                         continue
                     snat = orig.saddr in addresses and reply.daddr != orig.saddr
                     flows.append({
-                        "protocol": orig.proto_name() or str(orig.proto),
+                        "protocol": (orig.proto_name() or str(orig.proto)).lower(),
                         "src": orig.saddr, "dst": orig.daddr,
                         "sport": orig.sport, "dport": orig.dport,
                         "reply_src": reply.saddr, "reply_dst": reply.daddr,

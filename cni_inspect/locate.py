@@ -35,23 +35,9 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _connected(node: Kernel, ns: netns.Netns, ifname: str) -> bool:
-    """Whether the netns's interface is the peer of a veth in this (the node's) netns."""
-    nsid = node.nsid(ns)
-    if nsid is None:
-        return False
-    with Kernel(ns) as pod:
-        link = pod.link(ifname)
-    return link is not None and any(
-        n.link_netnsid == nsid and n.peer_ifindex == link.index for n in node.links())
-
-
-def search_netns(node: Kernel, ifname: str, addresses: set[str]) -> netns.Netns | None:
-    """The named netns whose `ifname` holds one of the addresses, preferring one whose veth peer
-    is on this node (another node's pod may have the same address); an unconnected one only if
-    it is the only one."""
+def _holders(candidates: list[netns.Netns], ifname: str, addresses: set[str]) -> list[netns.Netns]:
     holders = []
-    for ns in netns.named():
+    for ns in candidates:
         try:
             with Kernel(ns) as k:
                 link = k.link(ifname)
@@ -61,9 +47,22 @@ def search_netns(node: Kernel, ifname: str, addresses: set[str]) -> netns.Netns 
             continue
         if held:
             holders.append(ns)
-    connected = [ns for ns in holders if _connected(node, ns, ifname)]
-    if connected:
-        return connected[0]
+    return holders
+
+
+def search_netns(node: Kernel, ifname: str, addresses: set[str]) -> netns.Netns | None:
+    """The named netns whose `ifname` holds one of the addresses.
+
+    First among those a veth connects to this node (this netns has an id for them, which costs
+    no fork to ask): another node's pod may have the same address. A netns not connected to
+    this node (a pod whose veth peer went elsewhere) only if it is the only one.
+    """
+    named = netns.named()
+    connected = [ns for ns in named if node.nsid(ns) is not None]
+    holders = _holders(connected, ifname, addresses)
+    if holders:
+        return holders[0]
+    holders = _holders([ns for ns in named if ns not in connected], ifname, addresses)
     return holders[0] if len(holders) == 1 else None
 
 

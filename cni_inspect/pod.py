@@ -116,12 +116,12 @@ def inspect(node: Kernel, att: Attachment, nf: Netfilter) -> dict:
                   + (f"a port of {report['host_veth']['master']}" if veth.master else
                      "on no bridge") + f", not of {conf.bridge_name}: the pod reaches nothing. "
                   f"`ip link set {veth.name} master {conf.bridge_name}` reconnects it.")
-        if veth.oper_state != "UP":
+        if veth.oper_state != "UP":  # the pod's end is then LOWERLAYERDOWN
             p.add("veth-down", f"host veth {veth.name} is {veth.oper_state}: "
                   f"`ip link set {veth.name} up`.")
-    if pod is not None and pod["oper_state"] != "UP" and not conf.flag("disableContainerInterface"):
-        p.add("veth-down", f"{att.ifname} in the pod is {pod['oper_state']}: "
-              f"`{att.netns.command(f'ip link set {att.ifname} up')}`.")
+        elif pod["oper_state"] != "UP" and not conf.flag("disableContainerInterface"):
+            p.add("veth-down", f"{att.ifname} in the pod is {pod['oper_state']}: "
+                  f"`{att.netns.command(f'ip link set {att.ifname} up')}`.")
 
     # the bridge ---------------------------------------------------------------------------------
     if bridge is None:

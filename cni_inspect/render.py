@@ -8,11 +8,15 @@ from .netfilter import LIST_TOOLS, MACSPOOF_TABLE, NFT_MASQ_TABLE
 from .netns import Netns
 
 
-def _route(r: dict) -> str:
-    dst = "default" if r.get("dst") in ("0.0.0.0/0", "::/0") else r.get("dst") or r.get("to")
-    via = f" via {r['gateway']}" if r.get("gateway") else ""
-    src = f" src {r['src']}" if r.get("src") else ""
-    return f"{dst}{via} dev {r.get('dev')}{src}"
+def _route(r: dict, dst: bool = True) -> str:
+    """As `ip route` prints it; without its destination for an `ip route get` answer."""
+    words = [("default" if r["dst"] in ("0.0.0.0/0", "::/0") else r["dst"])] if dst else []
+    if r.get("gateway"):
+        words += ["via", r["gateway"]]
+    words += ["dev", str(r["dev"])]
+    if r.get("src"):
+        words += ["src", r["src"]]
+    return " ".join(words)
 
 
 def _on(flag: bool | None) -> str:
@@ -119,7 +123,7 @@ def pod_text(r: dict, explain: bool) -> str:
     for n in r["neighbours"]:
         out.add(f"  neighbour {n['ip']} lladdr {n['mac']} {n['state']}", "neighbours")
     for route in r["node_routes"]:
-        out.add(f"node route to {route['to']}: " + (_route(route) if route.get("dev")
+        out.add(f"node route to {route['to']}: " + (_route(route, dst=False) if route.get("dev")
                                                    else "none"), "node_routes")
     out.add("forwarding: " + ", ".join(f"{f} {_on(v)}" for f, v in r["forwarding"].items()),
             "forwarding")
