@@ -3,7 +3,9 @@
 libcni writes `<cacheDir>/results/<network>-<containerID>-<ifname>` after a successful ADD of
 the whole conf list and removes it after DEL: JSON `{"kind": "cniCacheV1", "containerId",
 "config" (base64 of the conf list), "ifName", "networkName", "netns", "cniArgs",
-"capabilityArgs", "result"}`. An entry whose netns is gone is an attachment no DEL has freed.
+"capabilityArgs", "result"}`; libcni before 1.2 (containerd 1.6's) writes no "netns", and the
+netns is then the `sandbox` of the result's interface. An entry whose netns is gone is an
+attachment no DEL has freed.
 """
 from __future__ import annotations
 
@@ -30,6 +32,14 @@ class CacheEntry:
                 if isinstance(ip, dict) and isinstance(ip.get("address"), str)]
 
 
+def _sandbox(result: dict, ifname: str) -> str:
+    """The netns the result's interface `ifname` was put in ("" when it names none)."""
+    for interface in result.get("interfaces") or ():
+        if isinstance(interface, dict) and interface.get("name") == ifname:
+            return interface.get("sandbox") or ""
+    return ""
+
+
 def entries(cache_dir: str, network: str | None = None) -> list[CacheEntry]:
     """Every readable entry (of one network); unreadable files are not attachments."""
     results = os.path.join(cache_dir, "results")
@@ -43,8 +53,9 @@ def entries(cache_dir: str, network: str | None = None) -> list[CacheEntry]:
         try:
             with open(path, "rb") as f:
                 doc = json.load(f)
+            result = doc.get("result") or {}
             entry = CacheEntry(path, doc["networkName"], doc["containerId"], doc["ifName"],
-                               doc.get("netns") or "", doc.get("result") or {})
+                               doc.get("netns") or _sandbox(result, doc["ifName"]), result)
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if network is None or entry.network == network:

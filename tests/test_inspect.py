@@ -62,14 +62,8 @@ def ip_json(ns: str, *args) -> list:
 
 
 @pytest.fixture(scope="session")
-def tool() -> Path:
-    """dist/cni-inspect, (re)built by make when it is older than its sources."""
-    path = ROOT / "dist" / "cni-inspect"
-    if run("make", "-q", "dist/cni-inspect", check=False).returncode:
-        built = subprocess.run(["make", "dist/cni-inspect"], cwd=ROOT, capture_output=True,
-                               text=True)
-        assert built.returncode == 0, built.stdout + built.stderr
-    return path
+def tool(inspect_tool) -> Path:
+    return inspect_tool
 
 
 # --------------------------------------------------------------------------- plugins and backends
