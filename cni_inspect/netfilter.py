@@ -65,15 +65,19 @@ class Rule:
         return {"rule": self.text, "packets": self.packets, "bytes": self.bytes}
 
 
-# iptables (legacy and nf_tables-backed) ---------------------------------------------------------
-
-
 @dataclass
-class NatTable:
-    backend: str
-    family: int
+class Table:
+    """One table as its tool lists it: an iptables nat table of a backend and family, or an
+    nftables table of a family ("inet", "bridge")."""
+    backend: str  # legacy, iptables-nft, nftables
+    family: int | str  # 4 or 6 for iptables, the nftables family
+    name: str
     chains: set[str] = field(default_factory=set)
     rules: list[Rule] = field(default_factory=list)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.family} {self.name}"
 
     def chain(self, chain: str) -> list[Rule]:
         return [r for r in self.rules if r.chain == chain]
@@ -96,9 +100,12 @@ class NatTable:
         return found
 
 
-def parse_save(backend: str, family: int, text: str) -> NatTable:
+# iptables (legacy and nf_tables-backed) ---------------------------------------------------------
+
+
+def parse_save(backend: str, family: int, text: str) -> Table:
     """The *nat section of `iptables-save -c` output."""
-    table = NatTable(backend, family)
+    table = Table(backend, family, "nat")
     in_nat = False
     for line in text.splitlines():
         if line.startswith("*"):
@@ -122,7 +129,7 @@ def parse_save(backend: str, family: int, text: str) -> NatTable:
     return table
 
 
-def nat_table(backend: str, family: int) -> NatTable | None:
+def nat_table(backend: str, family: int) -> Table | None:
     """The backend's nat table, None when its tool is missing or the table does not exist."""
     out = _run([SAVE_TOOLS[backend, family], "-c"])
     if out is None or "*nat" not in out.splitlines():
@@ -166,24 +173,9 @@ def _statement(stmt: dict) -> str:
     return f"{key} {json.dumps(arg)}"
 
 
-@dataclass
-class NftTable:
-    family: str
-    name: str
-    chains: set[str] = field(default_factory=set)
-    rules: list[Rule] = field(default_factory=list)
-
-    @property
-    def spec(self) -> str:
-        return f"{self.family} {self.name}"
-
-    def chain(self, chain: str) -> list[Rule]:
-        return [r for r in self.rules if r.chain == chain]
-
-
-def parse_nft(family: str, name: str, doc: dict) -> NftTable:
+def parse_nft(family: str, name: str, doc: dict) -> Table:
     """`nft -j list table` output: rules rendered as `nft list` prints them (without handles)."""
-    table = NftTable(family, name)
+    table = Table("nftables", family, name)
     for item in doc.get("nftables", ()):
         if "chain" in item:
             table.chains.add(item["chain"]["name"])
@@ -203,7 +195,7 @@ def parse_nft(family: str, name: str, doc: dict) -> NftTable:
     return table
 
 
-def nft_table(spec: str) -> NftTable | None:
+def nft_table(spec: str) -> Table | None:
     """An nftables table ("inet cni_plugins_masquerade"), None when it or `nft` is missing."""
     out = _run(["nft", "-j", "list", "table", *spec.split()])
     if out is None:
@@ -243,15 +235,15 @@ class Netfilter:
 
     def __init__(self, families: tuple[int, ...] = (4, 6)):
         self.families = families
-        self._nat: dict[tuple[str, int], NatTable | None] = {}
-        self._nft: dict[str, NftTable | None] = {}
+        self._nat: dict[tuple[str, int], Table | None] = {}
+        self._nft: dict[str, Table | None] = {}
 
-    def nat(self, backend: str, family: int) -> NatTable | None:
+    def nat(self, backend: str, family: int) -> Table | None:
         if (backend, family) not in self._nat:
             self._nat[backend, family] = nat_table(backend, family)
         return self._nat[backend, family]
 
-    def nft(self, spec: str) -> NftTable | None:
+    def nft(self, spec: str) -> Table | None:
         if spec not in self._nft:
             self._nft[spec] = nft_table(spec)
         return self._nft[spec]
@@ -287,7 +279,7 @@ class Netfilter:
         return found
 
     @staticmethod
-    def _iptables_entry(table: NatTable, chain: str) -> dict:
+    def _iptables_entry(table: Table, chain: str) -> dict:
         rules = table.chain(chain)
         masq = [r for r in rules if r.target == "MASQUERADE"]
         jumps = table.jumps_to(chain)
@@ -298,7 +290,7 @@ class Netfilter:
                 "sources": sorted({s for s in map(source_of, jumps) if s})}
 
     @staticmethod
-    def _nft_entry(table: NftTable, rules: list[Rule]) -> dict:
+    def _nft_entry(table: Table, rules: list[Rule]) -> dict:
         counted = [r.packets for r in rules if r.packets is not None]
         hooked = any(r.target == naming.NFT_MASQ_CHAIN
                      for r in table.chain(naming.NFT_POSTROUTING_CHAIN))
@@ -358,11 +350,11 @@ class Netfilter:
         return {"table": table.spec, "chains": chains, "rules": [r.summary() for r in rules],
                 "jumped_to": bool(jumps), "mac": mac, "iifname": iifname}
 
-    def macspoof_refs(self) -> list[str]:
-        """The `<containerID>-<ifname>` of every macspoofchk chain (node report)."""
+    def macspoof_chains(self) -> list[str]:
+        """Every attachment's own macspoofchk chain (not its `-mac` one), for the node report."""
         table = self.nft(MACSPOOF_TABLE)
-        prefix = naming.macspoof_chain("", "")[:-1]  # "cni-br-iface-"
-        return sorted(c[len(prefix):] for c in (table.chains if table else ())
+        prefix = naming.macspoof_chain("", "")[:-1]  # "cni-br-iface-", before <ID>-<ifname>
+        return sorted(c for c in (table.chains if table else ())
                       if c.startswith(prefix) and not c.endswith("-mac"))
 
     def backends_in_use(self) -> list[str]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from cni_bridge.masquerade import naming
+
 from . import cache, kernel, leases, netns
 from .confs import NetworkConf
 from .kernel import Kernel
@@ -67,8 +69,7 @@ def _live_pods(node: Kernel, entries: list[cache.CacheEntry], confs: list[Networ
                       and netns.Netns(e.netns).identity() == ns.identity()), None)
         pods.append({"netns": ns.path, "ifname": peer.name, "addresses": addresses,
                      "mac": peer.mac, "bridge": master.name if master else None,
-                     "host_veth": {**link_summary(veth, node), "hairpin": veth.hairpin,
-                                   "isolated": veth.isolated},
+                     "host_veth": link_summary(veth, node),
                      "network": entry.network if entry else None,
                      "container_id": entry.container_id if entry else None})
     return pods
@@ -94,8 +95,7 @@ def inspect(node: Kernel, confs: list[NetworkConf], cache_dir: str, nf: Netfilte
         ports = []
         for port in node.ports(link):
             pod = next((q for q in pods if q["host_veth"]["ifindex"] == port.index), None)
-            ports.append({**link_summary(port), "hairpin": port.hairpin,
-                          "isolated": port.isolated,
+            ports.append({**link_summary(port, node),
                           "pod": {k: pod[k] for k in ("netns", "ifname", "addresses")}
                           if pod else None})
         report["bridges"].append({"name": name, "networks": networks, "exists": True,
@@ -171,12 +171,13 @@ def inspect(node: Kernel, confs: list[NetworkConf], cache_dir: str, nf: Netfilte
             p.add("masquerade-leaked", f"{entry['backend']} {entry['chain_or_table']} "
                   f"masquerades {', '.join(entry['sources']) or 'nothing'} for {owner}, whose pod "
                   "is gone. A DEL or GC of the attachment removes it.")
-    live_refs = {f"{q['container_id']}-{q['ifname']}" for q in pods if q["container_id"]}
-    for ref in nf.macspoof_refs():
-        alive = ref in live_refs
-        report["macspoofchk"].append({"chain": f"cni-br-iface-{ref}", "pod_alive": alive})
+    live_chains = {naming.macspoof_chain(q["container_id"], q["ifname"])
+                   for q in pods if q["container_id"]}
+    for chain in nf.macspoof_chains():
+        alive = chain in live_chains
+        report["macspoofchk"].append({"chain": chain, "pod_alive": alive})
         if not alive:
-            p.add("macspoofchk-leaked", f"bridge nat chain cni-br-iface-{ref} has no live pod. "
+            p.add("macspoofchk-leaked", f"bridge nat chain {chain} has no live pod. "
                   "A DEL of the attachment removes it.")
 
     report["backends"] = nf.backends_in_use()

@@ -22,15 +22,14 @@ def _address(cidr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_interface(cidr).ip
 
 
-def link_summary(link: Link | None, kern: Kernel | None = None) -> dict | None:
-    if link is None:
-        return None
-    summary = {"name": link.name, "ifindex": link.index, "mac": link.mac,
-               "oper_state": link.oper_state, "mtu": link.mtu}
-    if kern is not None and link.master is not None:
-        master = kern.link(index=link.master)
-        summary["master"] = master.name if master else link.master
-    return summary
+def link_summary(link: Link, kern: Kernel | None = None) -> dict:
+    """A link for --json; its master by name when `kern`, the netns it is in, is given; its
+    bridge-port flags (None when it is no bridge's port)."""
+    master = kern.link(index=link.master) if kern is not None and link.master else None
+    return {"name": link.name, "ifindex": link.index, "mac": link.mac,
+            "oper_state": link.oper_state, "mtu": link.mtu,
+            "master": master.name if master else link.master,
+            "hairpin": link.hairpin, "isolated": link.isolated}
 
 
 def pod_side(att: Attachment) -> tuple[dict | None, Link | None]:
@@ -108,9 +107,7 @@ def inspect(node: Kernel, att: Attachment, nf: Netfilter) -> dict:
                  "its peer was moved to another netns")
               + f". Recreate the pod (DEL, then ADD).")
     if veth is not None:
-        report["host_veth"] = {**link_summary(veth, node), "hairpin": veth.hairpin,
-                               "isolated": veth.isolated}
-        report["host_veth"].setdefault("master", None)
+        report["host_veth"] = link_summary(veth, node)
         if bridge is None or veth.master != bridge.index:
             p.add("veth-not-enslaved", f"host veth {veth.name} is "
                   + (f"a port of {report['host_veth']['master']}" if veth.master else

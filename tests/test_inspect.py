@@ -589,6 +589,8 @@ def test_macspoofchk_problems(breaks, expected, tool, make_node):
     assert node.report(tool, pod.container_id)["problems"] == []
     breaks(node, pod)
     assert codes(node.report(tool, pod.container_id)) == expected
+    if breaks is _delete_netns:
+        assert codes(node.report(tool, command="node")) == expected
 
 
 # --------------------------------------------------------------------------- the node's problems
