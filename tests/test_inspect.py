@@ -175,7 +175,10 @@ class Node:
         run("ip", "-n", self.far, "addr", "add", f"{FAR[1]}/24", "dev", "eth0")
         run("ip", "-n", self.far, "link", "set", "eth0", "up")
         self.conf_dir.mkdir()
-        (self.conf_dir / "10-bridge.conf").write_text(json.dumps(self.conf))
+        self.write_conf()
+
+    def write_conf(self) -> None:
+        self.conf_path.write_text(json.dumps(self.conf))
 
     @property
     def conf_path(self) -> Path:
@@ -550,8 +553,6 @@ def test_each_break_is_the_problem_it_causes(breaks, expected, tool, make_node):
     assert codes(r) == expected, r["problems"]
     for problem in r["problems"]:
         assert len(problem["message"]) > 40 and "\n" not in problem["message"]
-    text = node.inspect(tool, "pod", pod.container_id, "--strict", check=1).stdout
-    assert all(f"[{code}]" in text for code in expected)
 
 
 def test_cache_entry_of_a_gone_netns_without_lease(tool, make_node):
@@ -684,6 +685,12 @@ def test_exit_codes(tool, make_node, tmp_path):
     assert "not a pod of network" in node.inspect(tool, "pod", stranger, check=2).stderr
     node.inspect(tool, "pod", pod.container_id, "--strict", check=0)
     node.inspect(tool, "node", "--strict", check=0)
+    node.write_cache(pod, f"/run/netns/{pod.netns}")
+    _remove_lease(node, pod)  # a broken pod is no error, but fails --strict
+    text = node.inspect(tool, "pod", pod.container_id, check=0).stdout
+    assert "[no-lease]" in text
+    assert node.inspect(tool, "pod", pod.container_id, "--strict", check=1).stdout == text
+    node.inspect(tool, "node", "--strict", check=1)
 
 
 def test_ambiguous_prefix(tool, make_node):
@@ -758,3 +765,27 @@ def test_containerd_pods_found_by_container_id(tool, containerd_node):
     r = json.loads(run(*in_node, "node", "--json").stdout)
     assert sorted(p["container_id"] for p in r["pods"]) == ["default-c1", "default-c2"]
     assert r["problems"] == []
+
+
+def test_dual_stack_pod(tool, make_node):
+    node = make_node(plugins_for("ours"))
+    node.conf["ipam"]["ranges"].append([{"subnet": f"fd00:231:{node.n}::/64"}])
+    node.conf["ipam"]["routes"].append({"dst": "::/0"})
+    node.write_conf()
+    pod = node.add_pod()
+    ip6 = pod.result["ips"][1]["address"]
+    r = node.report(tool, pod.container_id)
+    assert r["problems"] == [], r["problems"]
+    assert r["ips"] == [f"{pod.ip}/24", ip6] and r["pod"]["addresses"] == r["ips"]
+    assert (f"fd00:231:{node.n}::1/64") in r["bridge"]["addresses"]
+    assert r["forwarding"] == {"ipv4": True, "ipv6": True}
+    assert ("::/0", f"fd00:231:{node.n}::1", "eth0") in \
+        {(x["dst"], x["gateway"], x["dev"]) for x in r["pod"]["routes"]}
+    assert [x["dev"] for x in r["node_routes"]] == [node.bridge, node.bridge]
+    assert sorted((m["backend"], m["family"]) for m in r["masquerade"]) == \
+        [("legacy", 4), ("legacy", 6)]
+    node.in_ns("sysctl", "-qw", "net.ipv6.conf.all.forwarding=0")
+    run("ip", "-n", pod.netns, "-6", "route", "del", "default")
+    r = node.report(tool, pod.container_id)
+    assert codes(r) == {"forwarding-off", "no-default-route"}
+    assert all("::" in p["message"] or "ipv6" in p["message"] for p in r["problems"])
