@@ -59,146 +59,268 @@ def host_side(node: Kernel, att: Attachment, pod_link: Link) -> Link | None:
 
 
 def inspect(node: Kernel, att: Attachment, nf: Netfilter) -> dict:
-    conf = att.conf
-    p = Problems()
-    pod, pod_link = pod_side(att)
-    netns_alive = att.netns is not None and att.netns.exists()
+    return PodWalk(node, att, nf).run()
 
-    ips = att.cache.ips if att.cache and att.cache.ips else []
-    if not ips and pod:
-        ips = pod["addresses"]
-    if not ips:
-        ips = [f"{lease.ip}/{r.subnet.prefixlen}" if (r := conf.range_of(_address(lease.ip)))
-               else lease.ip for lease in att.leases]
-    addresses = [str(_address(c)) for c in ips]
-    families = sorted({_address(c).version for c in ips}) or [4, 6]
 
-    report = {
-        "network": conf.network, "conf": conf.path, "container_id": att.container_id,
-        "ifname": att.ifname, "netns": att.netns.path if att.netns else None,
-        "netns_exists": netns_alive, "found_by": att.found_by,
-        "cache_entry": att.cache.path if att.cache else None, "ips": ips, "pod": pod,
-        "host_veth": None, "bridge": None, "node_routes": [], "forwarding": {},
-        "neighbours": [], "leases": [], "masquerade": [], "macspoofchk": None,
-        "conntrack": [], "problems": p.items,
-    }
+class PodWalk:
+    """The walk for one attachment, step by step; each step fills its part of the report and
+    adds the problems it finds."""
 
-    # the pod and its veth pair -----------------------------------------------------------------
-    if not netns_alive:
-        where = (f"netns {att.netns.path} is gone" if att.netns else
-                 "no netns in /run/netns holds its address")
-        freeing = _freeing(att)
-        if att.leases:
-            p.add("lease-leaked", f"lease(s) {', '.join(l.ip for l in att.leases)} of "
-                  f"{_who(att)} are left while the pod is gone ({where}): no DEL ran. {freeing}")
-        elif att.cache:
-            p.add("netns-gone", f"the runtime's cache entry {att.cache.path} names {where}: "
-                  f"the pod is gone but no DEL ran. {freeing}")
-    elif pod is None:
-        p.add("no-interface", f"netns {att.netns.path} has no {att.ifname}: the pod lost its "
-              f"interface (deleted, or never added). Recreate the pod (DEL, then ADD).")
+    def __init__(self, node: Kernel, att: Attachment, nf: Netfilter):
+        self.node, self.att, self.conf, self.nf = node, att, att.conf, nf
+        self.p = Problems()
+        self.pod, self.pod_link = pod_side(att)
+        self.alive = att.netns is not None and att.netns.exists()
+        self.ips = self._ips()
+        self.addresses = [str(_address(c)) for c in self.ips]
+        self.bridge = node.link(self.conf.bridge_name)
+        self.veth: Link | None = None
+        self.report = {
+            "network": self.conf.network, "conf": self.conf.path,
+            "container_id": att.container_id, "ifname": att.ifname,
+            "netns": att.netns.path if att.netns else None, "netns_exists": self.alive,
+            "found_by": att.found_by, "cache_entry": att.cache.path if att.cache else None,
+            "ips": self.ips, "pod": self.pod, "host_veth": None, "bridge": None,
+            "node_routes": [], "forwarding": {}, "neighbours": [], "leases": [],
+            "masquerade": [], "macspoofchk": None, "conntrack": [], "problems": self.p.items}
 
-    bridge = node.link(conf.bridge_name)
-    veth = host_side(node, att, pod_link) if pod_link is not None else None
-    if pod_link is not None and veth is None:
-        p.add("veth-peer-missing", f"{att.ifname} (ifindex {pod_link.index}, peer ifindex "
-              f"{pod_link.peer_ifindex}) has no peer in this node's netns: "
-              + ("it is not a veth" if pod_link.kind != "veth" else
-                 "its peer was moved to another netns")
-              + f". Recreate the pod (DEL, then ADD).")
-    if veth is not None:
-        report["host_veth"] = link_summary(veth, node)
-        if bridge is None or veth.master != bridge.index:
-            p.add("veth-not-enslaved", f"host veth {veth.name} is "
-                  + (f"a port of {report['host_veth']['master']}" if veth.master else
-                     "on no bridge") + f", not of {conf.bridge_name}: the pod reaches nothing. "
-                  f"`ip link set {veth.name} master {conf.bridge_name}` reconnects it.")
+    def _ips(self) -> list[str]:
+        """The attachment's CIDRs: the cached result's, else the interface's, else the leases'."""
+        att = self.att
+        if att.cache and att.cache.ips:
+            return att.cache.ips
+        if self.pod:
+            return self.pod["addresses"]
+        return [f"{lease.ip}/{r.subnet.prefixlen}" if (r := self.conf.range_of(_address(lease.ip)))
+                else lease.ip for lease in att.leases]
+
+    def run(self) -> dict:
+        for step in (self.the_pod, self.veth_pair, self.the_bridge, self.routes,
+                     self.forwarding, self.neighbours, self.the_leases, self.masquerade,
+                     self.macspoofchk):
+            step()
+        self.report["conntrack"] = kernel.conntrack(set(self.addresses)) if self.addresses \
+            else []
+        return self.report
+
+    def in_pod(self, cmd: str) -> str:
+        return self.att.netns.command(cmd)
+
+    # the steps ----------------------------------------------------------------------------------
+
+    def the_pod(self) -> None:
+        att = self.att
+        if not self.alive:
+            where = (f"netns {att.netns.path} is gone" if att.netns else
+                     "no netns in /run/netns holds its address")
+            if att.leases:
+                self.p.add("lease-leaked", f"lease(s) "
+                           f"{', '.join(lease.ip for lease in att.leases)} of {_who(att)} are "
+                           f"left while the pod is gone ({where}): no DEL ran. {_freeing(att)}")
+            elif att.cache:
+                self.p.add("netns-gone", f"the runtime's cache entry {att.cache.path} names "
+                           f"{where}: the pod is gone but no DEL ran. {_freeing(att)}")
+        elif self.pod is None:
+            self.p.add("no-interface", f"netns {att.netns.path} has no {att.ifname}: the pod "
+                       "lost its interface (deleted, or never added). Recreate the pod (DEL, "
+                       "then ADD).")
+
+    def veth_pair(self) -> None:
+        att, link = self.att, self.pod_link
+        if link is None:
+            return
+        veth = self.veth = host_side(self.node, att, link)
+        if veth is None:
+            self.p.add("veth-peer-missing", f"{att.ifname} (ifindex {link.index}, peer ifindex "
+                       f"{link.peer_ifindex}) has no peer in this node's netns: "
+                       + ("it is not a veth" if link.kind != "veth" else
+                          "its peer was moved to another netns")
+                       + ". Recreate the pod (DEL, then ADD).")
+            return
+        summary = self.report["host_veth"] = link_summary(veth, self.node)
+        bridge = self.conf.bridge_name
+        if self.bridge is None or veth.master != self.bridge.index:
+            self.p.add("veth-not-enslaved", f"host veth {veth.name} is "
+                       + (f"a port of {summary['master']}" if veth.master else "on no bridge")
+                       + f", not of {bridge}: the pod reaches nothing. "
+                       f"`ip link set {veth.name} master {bridge}` reconnects it.")
         if veth.oper_state != "UP":  # the pod's end is then LOWERLAYERDOWN
-            p.add("veth-down", f"host veth {veth.name} is {veth.oper_state}: "
-                  f"`ip link set {veth.name} up`.")
-        elif pod["oper_state"] != "UP" and not conf.flag("disableContainerInterface"):
-            p.add("veth-down", f"{att.ifname} in the pod is {pod['oper_state']}: "
-                  f"`{att.netns.command(f'ip link set {att.ifname} up')}`.")
+            self.p.add("veth-down", f"host veth {veth.name} is {veth.oper_state}: "
+                       f"`ip link set {veth.name} up`.")
+        elif self.pod["oper_state"] != "UP" and not self.conf.flag("disableContainerInterface"):
+            self.p.add("veth-down", f"{att.ifname} in the pod is {self.pod['oper_state']}: "
+                       f"`{self.in_pod(f'ip link set {att.ifname} up')}`.")
 
-    # the bridge ---------------------------------------------------------------------------------
-    if bridge is None:
-        report["bridge"] = {"name": conf.bridge_name, "exists": False, "addresses": [],
-                            "ports": 0}
-        if netns_alive:
-            p.add("bridge-missing", f"bridge {conf.bridge_name} does not exist on the node: "
-                  "the next ADD creates it; this pod must be recreated to be on it.")
-    else:
-        bridge_addrs = node.addresses(bridge.index)
-        report["bridge"] = {"name": bridge.name, "exists": True, "addresses": bridge_addrs,
-                            "ports": len(node.ports(bridge)), "oper_state": bridge.oper_state,
-                            "mac": bridge.mac, "kind": bridge.kind}
-        if conf.is_gateway and netns_alive:
-            for cidr in ips:
-                rng = conf.range_of(_address(cidr))
-                want = f"{rng.gateway}/{rng.subnet.prefixlen}" if rng else None
-                if want and want not in bridge_addrs:
-                    p.add("bridge-no-gateway", f"isGateway is on but bridge {bridge.name} lacks "
-                          f"the gateway address {want}: the pod's default route leads nowhere. "
-                          f"`ip addr add {want} dev {bridge.name}` (the next ADD adds it).")
+    def the_bridge(self) -> None:
+        bridge = self.bridge
+        if bridge is None:
+            self.report["bridge"] = {"name": self.conf.bridge_name, "exists": False,
+                                     "addresses": [], "ports": 0}
+            if self.alive:
+                self.p.add("bridge-missing", f"bridge {self.conf.bridge_name} does not exist on "
+                           "the node: the next ADD creates it; this pod must be recreated to be "
+                           "on it.")
+            return
+        addresses = self.node.addresses(bridge.index)
+        self.report["bridge"] = {"name": bridge.name, "exists": True, "addresses": addresses,
+                                 "ports": len(self.node.ports(bridge)),
+                                 "oper_state": bridge.oper_state, "mac": bridge.mac,
+                                 "kind": bridge.kind}
+        if not (self.conf.is_gateway and self.alive):
+            return
+        for cidr in self.ips:
+            rng = self.conf.range_of(_address(cidr))
+            want = f"{rng.gateway}/{rng.subnet.prefixlen}" if rng else None
+            if want and want not in addresses:
+                self.p.add("bridge-no-gateway", f"isGateway is on but bridge {bridge.name} "
+                           f"lacks the gateway address {want}: the pod's default route leads "
+                           f"nowhere. `ip addr add {want} dev {bridge.name}` (the next ADD adds "
+                           "it).")
 
-    # routes -------------------------------------------------------------------------------------
-    if pod is not None:
-        for cidr in ips:
+    def routes(self) -> None:
+        """The pod's default route via its range's gateway; the node's route back to the pod."""
+        ifname = self.att.ifname
+        for cidr in self.ips if self.pod else ():
             ip = _address(cidr)
-            want = conf.default_gateway(ip)
+            want = self.conf.default_gateway(ip)
             if want is None:
                 continue
             default = "0.0.0.0/0" if ip.version == 4 else "::/0"
-            gateways = [r["gateway"] for r in pod["routes"] if r["dst"] == default]
+            gateways = [r["gateway"] for r in self.pod["routes"] if r["dst"] == default]
             if not gateways:
-                p.add("no-default-route", f"the pod has no default route ({default}) via "
-                      f"{want}: it reaches only its subnet. "
-                      f"`{att.netns.command(f'ip route add default via {want} dev {att.ifname}')}`.")
+                self.p.add("no-default-route", f"the pod has no default route ({default}) via "
+                           f"{want}: it reaches only its subnet. "
+                           f"`{self.in_pod(f'ip route add default via {want} dev {ifname}')}`.")
             elif str(want) not in gateways:
-                p.add("wrong-default-gateway", f"the pod's default route goes via "
-                      f"{', '.join(map(str, gateways))}, not the gateway {want} of its range. "
-                      f"`{att.netns.command(f'ip route replace default via {want} dev {att.ifname}')}`.")
-    if netns_alive and bridge is not None:
-        for address in addresses:
-            route = node.route_to(address)
-            report["node_routes"].append({"to": address, **(route or {})})
-            if route is None or route["dev"] != bridge.name:
-                rng = conf.range_of(ipaddress.ip_address(address))
-                subnet = rng.subnet if rng else address
-                p.add("no-node-route", f"the node has no route to {address} via {bridge.name}"
-                      + (f" (it goes via {route['dev']})" if route else "")
-                      + f": replies to the pod get lost. `ip route replace {subnet} dev "
-                        f"{bridge.name}` (the gateway address on the bridge brings it back).")
+                self.p.add("wrong-default-gateway", "the pod's default route goes via "
+                           f"{', '.join(map(str, gateways))}, not the gateway {want} of its "
+                           f"range. `{self.in_pod(f'ip route replace default via {want} dev {ifname}')}`.")
+        if not self.alive or self.bridge is None:
+            return
+        bridge = self.bridge.name
+        for address in self.addresses:
+            route = self.node.route_to(address)
+            self.report["node_routes"].append({"to": address, **(route or {})})
+            if route is None or route["dev"] != bridge:
+                rng = self.conf.range_of(ipaddress.ip_address(address))
+                self.p.add("no-node-route", f"the node has no route to {address} via {bridge}"
+                           + (f" (it goes via {route['dev']})" if route else "")
+                           + ": replies to the pod get lost. `ip route replace "
+                           f"{rng.subnet if rng else address} dev {bridge}` (the gateway "
+                           "address on the bridge brings it back).")
 
-    # forwarding ---------------------------------------------------------------------------------
-    for family in families:
-        value = kernel.sysctl(FORWARDING_SYSCTLS[family])
-        report["forwarding"][FAMILY_NAMES[family]] = None if value is None else value == "1"
-        if conf.is_gateway and netns_alive and value == "0" and \
-                any(_address(c).version == family for c in ips):
-            p.add("forwarding-off", f"isGateway is on but {FORWARDING_SYSCTLS[family]} is 0: the "
-                  f"node does not route the pod's traffic. `sysctl -w "
-                  f"{FORWARDING_SYSCTLS[family]}=1` (the plugin sets it at each ADD).")
+    def forwarding(self) -> None:
+        families = sorted({_address(c).version for c in self.ips}) or [4, 6]
+        for family in families:
+            name = FORWARDING_SYSCTLS[family]
+            value = kernel.sysctl(name)
+            self.report["forwarding"][FAMILY_NAMES[family]] = None if value is None \
+                else value == "1"
+            if self.conf.is_gateway and self.alive and value == "0" and self.ips:
+                self.p.add("forwarding-off", f"isGateway is on but {name} is 0: the node does "
+                           f"not route the pod's traffic. `sysctl -w {name}=1` (the plugin sets "
+                           "it at each ADD).")
 
-    # neighbours ---------------------------------------------------------------------------------
-    if bridge is not None and pod is not None:
-        for address in addresses:
-            neigh = node.neighbour(address, bridge.index)
+    def neighbours(self) -> None:
+        if self.bridge is None or self.pod is None:
+            return
+        bridge, mac = self.bridge.name, self.pod["mac"]
+        for address in self.addresses:
+            neigh = self.node.neighbour(address, self.bridge.index)
             if neigh is None:
                 continue
-            report["neighbours"].append(neigh)
-            if neigh["mac"] and neigh["mac"] != pod["mac"] and neigh["state"] not in (
-                    "FAILED", "INCOMPLETE"):
-                p.add("stale-neighbour", f"the node's neighbour entry for {address} on "
-                      f"{bridge.name} says {neigh['mac']} ({neigh['state']}) but the pod's "
-                      f"{att.ifname} is {pod['mac']}: traffic to the pod goes to another MAC. "
-                      f"`ip neigh del {address} dev {bridge.name}`.")
+            self.report["neighbours"].append(neigh)
+            if neigh["mac"] and neigh["mac"] != mac and neigh["state"] not in ("FAILED",
+                                                                              "INCOMPLETE"):
+                self.p.add("stale-neighbour", f"the node's neighbour entry for {address} on "
+                           f"{bridge} says {neigh['mac']} ({neigh['state']}) but the pod's "
+                           f"{self.att.ifname} is {mac}: traffic to the pod goes to another "
+                           f"MAC. `ip neigh del {address} dev {bridge}`.")
 
-    _leases(report, att, pod, p)
-    _masquerade(report, att, nf, addresses, netns_alive, p)
-    _macspoofchk(report, att, nf, pod, veth, netns_alive, p)
-    report["conntrack"] = kernel.conntrack(set(addresses)) if addresses else []
-    return report
+    def the_leases(self) -> None:
+        att, conf, pod = self.att, self.conf, self.pod
+        if not conf.uses_host_local:
+            return
+        on_interface = {str(_address(c)) for c in pod["addresses"]} if pod else set()
+        store = {lease.ip: lease for lease in leases.leases(conf.data_dir, conf.network)}
+        shown = list(att.leases) + [store[a] for a in sorted(on_interface)
+                                    if a in store and store[a] not in att.leases]
+        for lease in shown:
+            mine = lease.names(att.container_id, att.ifname)
+            matches = mine and (pod is None or lease.ip in on_interface)
+            self.report["leases"].append({**lease.summary(), "matches": matches})
+            if pod is None or matches:
+                continue
+            if not mine:
+                self.p.add("lease-mismatch", f"lease {lease.path} of the pod's address "
+                           f"{lease.ip} names container {lease.container_id} ({lease.ifname}), "
+                           f"not {att.container_id} ({att.ifname}): host-local's store and the "
+                           "pod disagree; recreate the pod, or free the other lease if its pod "
+                           "is gone.")
+            else:
+                self.p.add("lease-mismatch", f"lease {lease.path} of {_who(att)} is for "
+                           f"{lease.ip}, which is not on the pod's {att.ifname} "
+                           f"({', '.join(sorted(on_interface)) or 'no address'}).")
+        store_dir = leases.store_dir(conf.data_dir, conf.network)
+        for address in sorted(on_interface):
+            if address not in store and conf.range_of(ipaddress.ip_address(address)):
+                self.p.add("no-lease", f"{address} on the pod's {att.ifname} has no lease in "
+                           f"{store_dir}: host-local may give it to another pod. Recreate the "
+                           "pod, or write the lease back: printf '%s\\r\\n%s' "
+                           f"{att.container_id or '<container ID>'} {att.ifname} > "
+                           f"{store_dir}/{address}")
+
+    def masquerade(self) -> None:
+        att = self.att
+        found = self.nf.masquerade(self.conf.network, att.container_id, att.ifname,
+                                   self.addresses)
+        self.report["masquerade"] = found
+        backends = sorted({entry["backend"] for entry in found})
+        if not self.alive:
+            if found:
+                self.p.add("masquerade-leaked", f"{_who(att)} is gone but its masquerade rules "
+                           f"are left in {', '.join(backends)}: "
+                           + ", ".join(e["chain_or_table"] for e in found) + f". {_freeing(att)}")
+            return
+        if len(backends) > 1:
+            self.p.add("masquerade-two-backends", "the pod's masquerade rules are in "
+                       f"{len(backends)} backends at once ({', '.join(backends)}): two plugins "
+                       "(or versions) added it. Recreate the pod with one plugin.")
+        if not (self.conf.flag("ipMasq") and self.addresses):
+            return
+        if not any(e["masquerades"] and e["jumped_to"] for e in found):
+            detail = "; ".join(
+                f"{e['backend']} {e['chain_or_table']} "
+                + ("has no MASQUERADE rule" if not e["masquerades"] else
+                   "is not jumped to from POSTROUTING") for e in found) or "no backend holds one"
+            self.p.add("no-masquerade", "ipMasq is on but no rule masquerades "
+                       f"{', '.join(self.addresses)} ({detail}): the pod's traffic leaves the "
+                       "node with the pod's address. Recreate the pod (DEL, then ADD).")
+
+    def macspoofchk(self) -> None:
+        att, pod, veth = self.att, self.pod, self.veth
+        if att.container_id is None:
+            return
+        found = self.report["macspoofchk"] = self.nf.macspoofchk(att.container_id, att.ifname)
+        if not self.alive:
+            if found:
+                self.p.add("macspoofchk-leaked", f"{_who(att)} is gone but its macspoofchk "
+                           f"chains are left in bridge nat: {', '.join(found['chains'])}. "
+                           f"{_freeing(att)}")
+            return
+        if not self.conf.flag("macspoofchk"):
+            return
+        if found is None or not found["jumped_to"] or len(found["chains"]) < 2:
+            self.p.add("no-macspoofchk", "macspoofchk is on but bridge nat has "
+                       + ("no chain" if found is None else "an incomplete set of chains")
+                       + f" for {att.container_id}-{att.ifname}: the pod may send with any "
+                       "source MAC. Recreate the pod (DEL, then ADD).")
+        elif pod is not None and (found["mac"] != pod["mac"] or
+                                  (veth is not None and found["iifname"] != veth.name)):
+            self.p.add("macspoofchk-mismatch", f"the macspoofchk rules allow MAC "
+                       f"{found['mac']} on {found['iifname']}, but the pod's {att.ifname} is "
+                       f"{pod['mac']} on {veth.name if veth else '?'}: its frames are dropped. "
+                       "Recreate the pod.")
 
 
 def _who(att: Attachment) -> str:
@@ -211,90 +333,5 @@ def _freeing(att: Attachment) -> str:
         return "Remove it through the runtime."
     return ("Free it through the runtime (remove the pod), or by a CNI DEL of "
             f"CNI_CONTAINERID={att.container_id} CNI_IFNAME={att.ifname} with an empty "
-            f"CNI_NETNS, or a GC (cniVersion 1.1.0) whose cni.dev/valid-attachments leaves it "
-            f"out.")
-
-
-def _leases(report: dict, att: Attachment, pod: dict | None, p: Problems) -> None:
-    conf = att.conf
-    if not conf.uses_host_local:
-        return
-    on_interface = {str(_address(c)) for c in pod["addresses"]} if pod else set()
-    store = {lease.ip: lease for lease in leases.leases(conf.data_dir, conf.network)}
-    shown = list(att.leases) + [store[a] for a in sorted(on_interface)
-                                if a in store and store[a] not in att.leases]
-    for lease in shown:
-        mine = lease.names(att.container_id, att.ifname)
-        matches = mine and (pod is None or lease.ip in on_interface)
-        report["leases"].append({**lease.summary(), "matches": matches})
-        if pod is not None and not matches:
-            if not mine:
-                p.add("lease-mismatch", f"lease {lease.path} of the pod's address {lease.ip} "
-                      f"names container {lease.container_id} ({lease.ifname}), not "
-                      f"{att.container_id} ({att.ifname}): host-local's store and the pod "
-                      f"disagree; recreate the pod, or free the other lease if its pod is gone.")
-            else:
-                p.add("lease-mismatch", f"lease {lease.path} of {_who(att)} is for "
-                      f"{lease.ip}, which is not on the pod's {att.ifname} "
-                      f"({', '.join(sorted(on_interface)) or 'no address'}).")
-    if pod is not None:
-        for address in sorted(on_interface):
-            in_range = conf.range_of(ipaddress.ip_address(address)) is not None
-            if address not in store and in_range:
-                p.add("no-lease", f"{address} on the pod's {att.ifname} has no lease in "
-                      f"{conf.data_dir}/{conf.network}: host-local may give it to another "
-                      f"pod. Recreate the pod, or write the lease back: printf '%s\\r\\n%s' "
-                      f"{att.container_id or '<container ID>'} {att.ifname} > "
-                      f"{conf.data_dir}/{conf.network}/{address}")
-
-
-def _masquerade(report: dict, att: Attachment, nf: Netfilter, addresses: list[str],
-                netns_alive: bool, p: Problems) -> None:
-    found = nf.masquerade(att.conf.network, att.container_id, att.ifname, addresses)
-    report["masquerade"] = found
-    backends = sorted({entry["backend"] for entry in found})
-    if not netns_alive:
-        if found:
-            p.add("masquerade-leaked", f"{_who(att)} is gone but its masquerade rules are left "
-                  f"in {', '.join(backends)}: " + ", ".join(e["chain_or_table"] for e in found)
-                  + f". {_freeing(att)}")
-        return
-    if len(backends) > 1:
-        p.add("masquerade-two-backends", f"the pod's masquerade rules are in {len(backends)} "
-              f"backends at once ({', '.join(backends)}): two plugins (or versions) added it; "
-              "the node masquerades it twice over. Recreate the pod with one plugin.")
-    if att.conf.flag("ipMasq") and addresses:
-        working = [e for e in found if e["masquerades"] and e["jumped_to"]]
-        if not working:
-            detail = "; ".join(
-                f"{e['backend']} {e['chain_or_table']} " +
-                ("has no MASQUERADE rule" if not e["masquerades"] else
-                 "is not jumped to from POSTROUTING") for e in found) or "no backend holds one"
-            p.add("no-masquerade", f"ipMasq is on but no rule masquerades {', '.join(addresses)}"
-                  f" ({detail}): the pod's traffic leaves the node with the pod's address. "
-                  "Recreate the pod (DEL, then ADD).")
-
-
-def _macspoofchk(report: dict, att: Attachment, nf: Netfilter, pod: dict | None,
-                 veth: Link | None, netns_alive: bool, p: Problems) -> None:
-    if att.container_id is None:
-        return
-    found = nf.macspoofchk(att.container_id, att.ifname)
-    report["macspoofchk"] = found
-    if not netns_alive:
-        if found:
-            p.add("macspoofchk-leaked", f"{_who(att)} is gone but its macspoofchk chains are "
-                  f"left in bridge nat: {', '.join(found['chains'])}. {_freeing(att)}")
-        return
-    if not att.conf.flag("macspoofchk"):
-        return
-    if found is None or not found["jumped_to"] or len(found["chains"]) < 2:
-        p.add("no-macspoofchk", f"macspoofchk is on but bridge nat has "
-              + ("no chain" if found is None else "an incomplete set of chains")
-              + f" for {att.container_id}-{att.ifname}: the pod may send with any source MAC. "
-              "Recreate the pod (DEL, then ADD).")
-    elif pod is not None and (found["mac"] != pod["mac"] or
-                              (veth is not None and found["iifname"] != veth.name)):
-        p.add("macspoofchk-mismatch", f"the macspoofchk rules allow MAC {found['mac']} on "
-              f"{found['iifname']}, but the pod's {att.ifname} is {pod['mac']} on "
-              f"{veth.name if veth else '?'}: its frames are dropped. Recreate the pod.")
+            "CNI_NETNS, or a GC (cniVersion 1.1.0) whose cni.dev/valid-attachments leaves it "
+            "out.")
