@@ -14,7 +14,7 @@ from .confs import NetworkConf
 from .kernel import Kernel
 from .netfilter import Netfilter
 from .pod import link_summary
-from .problems import Problems
+from .problems import Problems, freeing, not_enslaved
 
 BRIDGE_NF_CALL = {4: "net.bridge.bridge-nf-call-iptables", 6: "net.bridge.bridge-nf-call-ip6tables"}
 
@@ -76,138 +76,172 @@ def _live_pods(node: Kernel, entries: list[cache.CacheEntry], confs: list[Networ
 
 
 def inspect(node: Kernel, confs: list[NetworkConf], cache_dir: str, nf: Netfilter) -> dict:
-    p, w = Problems(), Problems()
-    bridge_confs = [c for c in confs if c.bridge is not None]
-    entries = cache.entries(cache_dir)
-    pods = _live_pods(node, entries, bridge_confs)
-    report = {"confs": [c.summary() for c in confs], "bridges": [], "pods": pods,
-              "leases": [], "cache_entries": [], "masquerade": [], "macspoofchk": [],
-              "backends": [], "prerequisites": {}, "problems": p.items, "warnings": w.items}
+    return NodeWalk(node, confs, cache_dir, nf).run()
 
-    # bridges and their ports --------------------------------------------------------------------
-    for name in dict.fromkeys(c.bridge_name for c in bridge_confs):
-        link = node.link(name)
-        networks = [c.network for c in bridge_confs if c.bridge_name == name]
-        if link is None:
-            report["bridges"].append({"name": name, "networks": networks, "exists": False,
-                                      "addresses": [], "ports": []})
-            continue
-        ports = []
-        for port in node.ports(link):
-            pod = next((q for q in pods if q["host_veth"]["ifindex"] == port.index), None)
-            ports.append({**link_summary(port, node),
-                          "pod": {k: pod[k] for k in ("netns", "ifname", "addresses")}
-                          if pod else None})
-        report["bridges"].append({"name": name, "networks": networks, "exists": True,
-                                  "kind": link.kind, "addresses": node.addresses(link.index),
-                                  "oper_state": link.oper_state, "ports": ports})
 
-    # leases against the live pods -----------------------------------------------------------------
-    live_addresses = {ipaddress.ip_interface(a).ip: q for q in pods for a in q["addresses"]}
-    stores = {}
-    for conf in bridge_confs:
-        if conf.uses_host_local:
-            stores.setdefault((conf.data_dir, conf.network), conf)
-    for (data_dir, network), conf in stores.items():
-        for lease in leases.leases(data_dir, network):
-            pod = live_addresses.get(ipaddress.ip_address(lease.ip))
-            alive = pod is not None
-            if alive and pod["container_id"] is None and pod["network"] is None:
-                pod.update(network=network, container_id=lease.container_id)
-            report["leases"].append({**lease.summary(), "network": network, "pod_alive": alive,
-                                     "pod_netns": pod["netns"] if alive else None})
+class NodeWalk:
+    """The node's bridges, pods, leases and rules, step by step; problems are what needs doing,
+    warnings what the node's setup risks."""
+
+    def __init__(self, node: Kernel, confs: list[NetworkConf], cache_dir: str, nf: Netfilter):
+        self.node, self.nf = node, nf
+        self.confs = [c for c in confs if c.bridge is not None]
+        self.entries = cache.entries(cache_dir)
+        self.pods = _live_pods(node, self.entries, self.confs)
+        self.live_addresses = {ipaddress.ip_interface(a).ip: q for q in self.pods
+                               for a in q["addresses"]}
+        self.stores: dict[tuple[str, str], NetworkConf] = {}  # (dataDir, network) -> conf
+        for conf in self.confs:
+            if conf.uses_host_local:
+                self.stores.setdefault((conf.data_dir, conf.network), conf)
+        self.p, self.w = Problems(), Problems()
+        self.report = {"confs": [c.summary() for c in confs], "bridges": [], "pods": self.pods,
+                       "leases": [], "cache_entries": [], "masquerade": [], "macspoofchk": [],
+                       "backends": [], "prerequisites": {}, "problems": self.p.items,
+                       "warnings": self.w.items}
+
+    def run(self) -> dict:
+        for step in (self.bridges, self.leases, self.detached_pods, self.unleased_pods,
+                     self.cache_entries, self.masquerade, self.macspoofchk, self.backends,
+                     self.prerequisites):
+            step()
+        return self.report
+
+    def bridges(self) -> None:
+        for name in dict.fromkeys(c.bridge_name for c in self.confs):
+            link = self.node.link(name)
+            networks = [c.network for c in self.confs if c.bridge_name == name]
+            if link is None:
+                self.report["bridges"].append({"name": name, "networks": networks,
+                                               "exists": False, "addresses": [], "ports": []})
+                continue
+            ports = []
+            for port in self.node.ports(link):
+                pod = next((q for q in self.pods if q["host_veth"]["ifindex"] == port.index),
+                           None)
+                ports.append({**link_summary(port, self.node),
+                              "pod": {k: pod[k] for k in ("netns", "ifname", "addresses")}
+                              if pod else None})
+            self.report["bridges"].append({
+                "name": name, "networks": networks, "exists": True, "kind": link.kind,
+                "addresses": self.node.addresses(link.index), "oper_state": link.oper_state,
+                "ports": ports})
+
+    def leases(self) -> None:
+        """Every lease against the live pods; a pod known by its lease alone gets its ID."""
+        for (data_dir, network), conf in self.stores.items():
+            for lease in leases.leases(data_dir, network):
+                pod = self.live_addresses.get(ipaddress.ip_address(lease.ip))
+                if pod is not None and pod["container_id"] is None:
+                    pod.update(network=network, container_id=lease.container_id)
+                self.report["leases"].append({**lease.summary(), "network": network,
+                                              "pod_alive": pod is not None,
+                                              "pod_netns": pod["netns"] if pod else None})
+                if pod is None:
+                    self.p.add("lease-leaked", f"lease {lease.path} ({lease.ip}) of container "
+                               f"{lease.container_id} ({lease.ifname or 'any ifname'}) has no "
+                               "live pod: no DEL ran for it. "
+                               + freeing(lease.container_id, lease.ifname or "eth0"))
+
+    def _bridges_of(self, pod: dict) -> set[str]:
+        """The bridges of the confs whose ranges hold one of the pod's addresses."""
+        return {c.bridge_name for c in self.confs for a in pod["addresses"]
+                if c.range_of(ipaddress.ip_interface(a).ip)}
+
+    def detached_pods(self) -> None:
+        for pod in self.pods:
+            owners = self._bridges_of(pod)
+            if owners and pod["bridge"] not in owners:
+                self.p.add("veth-not-enslaved", not_enslaved(
+                    pod["host_veth"]["name"], pod["bridge"], sorted(owners),
+                    f" of the pod in {pod['netns']}"))
+
+    def unleased_pods(self) -> None:
+        leased = {(x["network"], ipaddress.ip_address(x["ip"])) for x in self.report["leases"]}
+        for pod in self.pods:
+            for cidr in pod["addresses"]:
+                ip = ipaddress.ip_interface(cidr).ip
+                owners = [c for c in self.stores.values()
+                          if c.bridge_name == pod["bridge"] and c.range_of(ip)]
+                if owners and not any((c.network, ip) in leased for c in owners):
+                    self.p.add("no-lease", f"{ip} of the pod in {pod['netns']} "
+                               f"({pod['ifname']}, on {pod['bridge']}) has no lease in "
+                               + " or ".join(leases.store_dir(c.data_dir, c.network)
+                                             for c in owners)
+                               + ": host-local may give it to another pod. Recreate the pod, "
+                                 "or write the lease back (`cni-inspect pod` prints how).")
+
+    def cache_entries(self) -> None:
+        networks = {c.network for c in self.confs}
+        for entry in self.entries:
+            alive = bool(entry.netns) and netns.Netns(entry.netns).exists()
+            self.report["cache_entries"].append({
+                "path": entry.path, "network": entry.network,
+                "container_id": entry.container_id, "ifname": entry.ifname,
+                "netns": entry.netns, "netns_exists": alive})
+            if not alive and entry.network in networks:
+                self.p.add("netns-gone", f"the runtime's cache entry {entry.path} names netns "
+                           f"{entry.netns or '(none)'}, which is gone: the pod is gone but no "
+                           "DEL ran. " + freeing(entry.container_id, entry.ifname))
+
+    def masquerade(self) -> None:
+        """Rules whose owner is no live pod and whose source address is on none."""
+        live_ids = {(q["network"], q["container_id"]) for q in self.pods if q["container_id"]}
+        live_sources = {str(ip) for ip in self.live_addresses}
+        for entry in self.nf.iptables_chains() + self.nf.nft_rules():
+            alive = (entry["network"], entry["container_id"]) in live_ids or \
+                bool(set(entry["sources"]) & live_sources)
+            entry["pod_alive"] = alive
+            self.report["masquerade"].append(entry)
             if not alive:
-                p.add("lease-leaked", f"lease {lease.path} ({lease.ip}) of container "
-                      f"{lease.container_id} ({lease.ifname or 'any ifname'}) has no live pod: "
-                      "no DEL ran for it. Free it through the runtime, by a CNI DEL of "
-                      f"CNI_CONTAINERID={lease.container_id} CNI_IFNAME={lease.ifname or 'eth0'}"
-                      " with an empty CNI_NETNS, or by a GC (cniVersion 1.1.0) whose "
-                      "cni.dev/valid-attachments leaves it out.")
-    for pod in pods:
-        owners = {c.bridge_name for c in bridge_confs for a in pod["addresses"]
-                  if c.range_of(ipaddress.ip_interface(a).ip)}
-        if owners and pod["bridge"] not in owners:
-            p.add("veth-not-enslaved", f"host veth {pod['host_veth']['name']} of the pod in "
-                  f"{pod['netns']} is " + (f"a port of {pod['bridge']}" if pod["bridge"] else
-                                           "on no bridge") + f", not of {' or '.join(owners)}:"
-                  f" the pod reaches nothing. `ip link set {pod['host_veth']['name']} master "
-                  f"{sorted(owners)[0]}` reconnects it.")
-    leased = {(lease["network"], ipaddress.ip_address(lease["ip"])) for lease in report["leases"]}
-    for pod in pods:
-        for cidr in pod["addresses"]:
-            ip = ipaddress.ip_interface(cidr).ip
-            owners = [c for c in stores.values()
-                      if c.bridge_name == pod["bridge"] and c.range_of(ip)]
-            if owners and not any((c.network, ip) in leased for c in owners):
-                p.add("no-lease", f"{ip} of the pod in {pod['netns']} ({pod['ifname']}, on "
-                      f"{pod['bridge']}) has no lease in "
-                      + " or ".join(leases.store_dir(c.data_dir, c.network) for c in owners)
-                      + ": host-local may give it to another pod. Recreate the pod, or write "
-                        "the lease back (`cni-inspect pod` prints how).")
+                owner = (f"container {entry['container_id']} of network {entry['network']}"
+                         if entry["container_id"] else "an unknown attachment")
+                self.p.add("masquerade-leaked", f"{entry['backend']} {entry['chain_or_table']} "
+                           f"masquerades {', '.join(entry['sources']) or 'nothing'} for "
+                           f"{owner}, whose pod is gone. A DEL or GC of the attachment removes "
+                           "it.")
 
-    # cache entries whose netns is gone ----------------------------------------------------------------
-    networks = {c.network for c in bridge_confs}
-    for entry in entries:
-        alive = bool(entry.netns) and netns.Netns(entry.netns).exists()
-        report["cache_entries"].append({"path": entry.path, "network": entry.network,
-                                        "container_id": entry.container_id,
-                                        "ifname": entry.ifname, "netns": entry.netns,
-                                        "netns_exists": alive})
-        if not alive and entry.network in networks:
-            p.add("netns-gone", f"the runtime's cache entry {entry.path} names netns "
-                  f"{entry.netns or '(none)'}, which is gone: the pod is gone but no DEL ran.")
+    def macspoofchk(self) -> None:
+        live = {naming.macspoof_chain(q["container_id"], q["ifname"])
+                for q in self.pods if q["container_id"]}
+        for chain in self.nf.macspoof_chains():
+            self.report["macspoofchk"].append({"chain": chain, "pod_alive": chain in live})
+            if chain not in live:
+                self.p.add("macspoofchk-leaked", f"bridge nat chain {chain} has no live pod. "
+                           "A DEL of the attachment removes it.")
 
-    # masquerade and macspoofchk rules whose pod is gone -----------------------------------------------
-    live_ids = {(q["network"], q["container_id"]) for q in pods if q["container_id"]}
-    live_sources = {str(ip) for ip in live_addresses}
-    for entry in nf.iptables_chains() + nf.nft_rules():
-        alive = (entry["network"], entry["container_id"]) in live_ids or \
-            bool(set(entry["sources"]) & live_sources)
-        entry["pod_alive"] = alive
-        report["masquerade"].append(entry)
-        if not alive:
-            owner = (f"container {entry['container_id']} of network {entry['network']}"
-                     if entry["container_id"] else "an unknown attachment")
-            p.add("masquerade-leaked", f"{entry['backend']} {entry['chain_or_table']} "
-                  f"masquerades {', '.join(entry['sources']) or 'nothing'} for {owner}, whose pod "
-                  "is gone. A DEL or GC of the attachment removes it.")
-    live_chains = {naming.macspoof_chain(q["container_id"], q["ifname"])
-                   for q in pods if q["container_id"]}
-    for chain in nf.macspoof_chains():
-        alive = chain in live_chains
-        report["macspoofchk"].append({"chain": chain, "pod_alive": alive})
-        if not alive:
-            p.add("macspoofchk-leaked", f"bridge nat chain {chain} has no live pod. "
-                  "A DEL of the attachment removes it.")
+    def backends(self) -> None:
+        used = self.report["backends"] = self.nf.backends_in_use()
+        if "legacy" in used and len(used) > 1:
+            self.w.add("backends-mixed", "CNI masquerade rules are both in the legacy tables "
+                       f"and in nf_tables ({', '.join(used)}): their order on the postrouting "
+                       "hook is undefined, and each plugin's DEL sees only part of them. Use one "
+                       "backend on the node.")
 
-    report["backends"] = nf.backends_in_use()
-    if "legacy" in report["backends"] and len(report["backends"]) > 1:
-        w.add("backends-mixed", "CNI masquerade rules are both in the legacy tables and in "
-              f"nf_tables ({', '.join(report['backends'])}): their order on the postrouting "
-              "hook is undefined, and each plugin's DEL sees only part of them. Use one "
-              "backend on the node.")
-
-    # node prerequisites ----------------------------------------------------------------------------
-    loaded = os.path.isdir("/proc/sys/net/bridge")
-    call = kernel.sysctl(BRIDGE_NF_CALL[4])
-    data_dirs = []
-    for data_dir in dict.fromkeys(c.data_dir for c in stores.values()):
-        point, fstype = _fstype(data_dir)
-        data_dirs.append({"path": data_dir, "mount_point": point, "fstype": fstype,
-                          "tmpfs": fstype == "tmpfs"})
-        if fstype != "tmpfs":
-            w.add("data-dir-persistent", f"host-local's dataDir {data_dir} is on {fstype} "
-                  f"({point}): its leases survive a reboot that kills every pod, so they leak "
-                  "unless the runtime sends GC at start (CRI-O does) or the dir is emptied at "
-                  "boot (a tmpfs, or a systemd-tmpfiles rule).")
-    report["prerequisites"] = {"br_netfilter": loaded,
-                               "bridge_nf_call_iptables": None if call is None else call == "1",
-                               "data_dirs": data_dirs}
-    if not loaded:
-        w.add("br-netfilter-missing", "br_netfilter is not loaded: kube-proxy's Service rules "
-              "do not see traffic between pods of one bridge. `modprobe br_netfilter`.")
-    elif call != "1":
-        w.add("bridge-nf-call-iptables-off", "net.bridge.bridge-nf-call-iptables is 0: "
-              "kube-proxy's Service rules do not see traffic between pods of one bridge. "
-              "`sysctl -w net.bridge.bridge-nf-call-iptables=1`.")
-    return report
+    def prerequisites(self) -> None:
+        """What the bridge plugin does not set up: br_netfilter for Services between pods of
+        one bridge, and a dataDir that a reboot empties."""
+        loaded = os.path.isdir("/proc/sys/net/bridge")
+        call = kernel.sysctl(BRIDGE_NF_CALL[4])
+        data_dirs = []
+        for data_dir in dict.fromkeys(c.data_dir for c in self.stores.values()):
+            point, fstype = _fstype(data_dir)
+            data_dirs.append({"path": data_dir, "mount_point": point, "fstype": fstype,
+                              "tmpfs": fstype == "tmpfs"})
+            if fstype != "tmpfs":
+                self.w.add("data-dir-persistent", f"host-local's dataDir {data_dir} is on "
+                           f"{fstype} ({point}): its leases survive a reboot that kills every "
+                           "pod, so they leak unless the runtime sends GC at start (CRI-O does) "
+                           "or the dir is emptied at boot (a tmpfs, or a systemd-tmpfiles rule).")
+        self.report["prerequisites"] = {
+            "br_netfilter": loaded,
+            "bridge_nf_call_iptables": None if call is None else call == "1",
+            "data_dirs": data_dirs}
+        if not loaded:
+            self.w.add("br-netfilter-missing", "br_netfilter is not loaded: kube-proxy's Service "
+                       "rules do not see traffic between pods of one bridge. "
+                       "`modprobe br_netfilter`.")
+        elif call != "1":
+            self.w.add("bridge-nf-call-iptables-off", "net.bridge.bridge-nf-call-iptables is 0: "
+                       "kube-proxy's Service rules do not see traffic between pods of one "
+                       "bridge. `sysctl -w net.bridge.bridge-nf-call-iptables=1`.")

@@ -12,7 +12,7 @@ from . import kernel, leases
 from .kernel import Kernel, Link
 from .locate import Attachment
 from .netfilter import Netfilter
-from .problems import Problems
+from .problems import Problems, freeing, not_enslaved
 
 FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
 FORWARDING_SYSCTLS = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
@@ -138,12 +138,9 @@ class PodWalk:
                        + ". Recreate the pod (DEL, then ADD).")
             return
         summary = self.report["host_veth"] = link_summary(veth, self.node)
-        bridge = self.conf.bridge_name
         if self.bridge is None or veth.master != self.bridge.index:
-            self.p.add("veth-not-enslaved", f"host veth {veth.name} is "
-                       + (f"a port of {summary['master']}" if veth.master else "on no bridge")
-                       + f", not of {bridge}: the pod reaches nothing. "
-                       f"`ip link set {veth.name} master {bridge}` reconnects it.")
+            self.p.add("veth-not-enslaved", not_enslaved(veth.name, summary["master"],
+                                                         [self.conf.bridge_name]))
         if veth.oper_state != "UP":  # the pod's end is then LOWERLAYERDOWN
             self.p.add("veth-down", f"host veth {veth.name} is {veth.oper_state}: "
                        f"`ip link set {veth.name} up`.")
@@ -329,9 +326,5 @@ def _who(att: Attachment) -> str:
 
 
 def _freeing(att: Attachment) -> str:
-    if att.container_id is None:
-        return "Remove it through the runtime."
-    return ("Free it through the runtime (remove the pod), or by a CNI DEL of "
-            f"CNI_CONTAINERID={att.container_id} CNI_IFNAME={att.ifname} with an empty "
-            "CNI_NETNS, or a GC (cniVersion 1.1.0) whose cni.dev/valid-attachments leaves it "
-            "out.")
+    return freeing(att.container_id, att.ifname) if att.container_id else \
+        "Remove it through the runtime."

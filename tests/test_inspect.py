@@ -9,7 +9,6 @@ by breaking exactly that one thing. Namespaces are named insp<pid>-* and deleted
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import ipaddress
 import itertools
