@@ -35,7 +35,8 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def _holders(candidates: list[netns.Netns], ifname: str, addresses: set[str]) -> list[netns.Netns]:
+def _holders(candidates: list[netns.Netns], ifname: str,
+             addresses: set[str]) -> list[netns.Netns]:
     holders = []
     for ns in candidates:
         try:
@@ -66,16 +67,40 @@ def search_netns(node: Kernel, ifname: str, addresses: set[str]) -> netns.Netns 
     return holders[0] if len(holders) == 1 else None
 
 
-def _by_container_id(target: str, ifname: str, entries, all_leases) -> str | None:
-    ids = sorted({e.container_id for e in entries if e.ifname == ifname}
-                 | {lease.container_id for lease in all_leases if lease.ifname in (None, ifname)})
-    if target in ids:
-        return target
-    prefixed = [i for i in ids if i.startswith(target)]
-    if len(prefixed) > 1:
-        raise InspectError(f"container ID prefix {target!r} is ambiguous: "
-                           + ", ".join(prefixed))
-    return prefixed[0] if prefixed else None
+class _Records:
+    """What the node records about a network's attachments: cache entries and leases."""
+
+    def __init__(self, conf: NetworkConf, cache_dir: str):
+        self.entries = cache.entries(cache_dir, conf.network)
+        self.leases = leases.leases(conf.data_dir, conf.network)
+
+    def entry(self, container_id: str | None, ifname: str) -> cache.CacheEntry | None:
+        return next((e for e in self.entries
+                     if e.container_id == container_id and e.ifname == ifname), None)
+
+    def entry_of_netns(self, ns: netns.Netns, ifname: str) -> cache.CacheEntry | None:
+        return next((e for e in self.entries if e.ifname == ifname and e.netns
+                     and netns.Netns(e.netns).identity() == ns.identity()), None)
+
+    def entry_of_ip(self, ip, ifname: str) -> cache.CacheEntry | None:
+        return next((e for e in self.entries if e.ifname == ifname
+                     and any(_ip(a.split("/")[0]) == ip for a in e.ips)), None)
+
+    def lease_of_ip(self, ip) -> leases.Lease | None:
+        return next((lease for lease in self.leases if _ip(lease.ip) == ip), None)
+
+    def container_id(self, target: str, ifname: str) -> str | None:
+        """The container ID that is `target` or, alone, starts with it."""
+        ids = sorted({e.container_id for e in self.entries if e.ifname == ifname}
+                     | {lease.container_id for lease in self.leases
+                        if lease.ifname in (None, ifname)})
+        if target in ids:
+            return target
+        prefixed = [i for i in ids if i.startswith(target)]
+        if len(prefixed) > 1:
+            raise InspectError(f"container ID prefix {target!r} is ambiguous: "
+                               + ", ".join(prefixed))
+        return prefixed[0] if prefixed else None
 
 
 def _unknown(target: str, conf: NetworkConf, ifname: str, cache_dir: str) -> InspectError:
@@ -89,67 +114,63 @@ def _unknown(target: str, conf: NetworkConf, ifname: str, cache_dir: str) -> Ins
         f"no such netns{hint}")
 
 
+def _owner_of_netns(records: _Records, conf: NetworkConf, ns: netns.Netns,
+                    ifname: str) -> str | None:
+    """The container ID of a netns: its cache entry's, else its address's lease's; None for a
+    pod of the network that neither names. Refused when it is no pod of the network."""
+    entry = records.entry_of_netns(ns, ifname)
+    if entry is not None:
+        return entry.container_id
+    with Kernel(ns) as k:
+        link = k.link(ifname)
+        addresses = [ipaddress.ip_interface(a).ip for a in k.addresses(link.index)] \
+            if link else []
+    lease = next(filter(None, map(records.lease_of_ip, addresses)), None)
+    if lease is not None:
+        return lease.container_id
+    if link is not None and any(conf.range_of(a) for a in addresses):
+        return None
+    subnets = ", ".join(str(r.subnet) for r in conf.ranges) or "its ranges"
+    raise InspectError(f"netns {ns.path} is not a pod of network {conf.network!r}: "
+                       + (f"it has no {ifname}" if link is None else
+                          f"its {ifname} has no address of {subnets} and no lease or cache "
+                          "entry names it"))
+
+
 def locate(node: Kernel, conf: NetworkConf, target: str, ifname: str, cache_dir: str,
            netns_path: str | None = None) -> Attachment:
-    entries = cache.entries(cache_dir, conf.network)
-    all_leases = leases.leases(conf.data_dir, conf.network)
-    given_ns = netns.Netns(netns_path) if netns_path else None
-    container_id, found_by, pod_ns = None, None, None
-
+    records = _Records(conf, cache_dir)
+    given = netns.Netns(netns_path) if netns_path else None
+    pod_ns = None
     ip = _ip(target)
     if ip is not None:
-        lease = next((lease for lease in all_leases if _ip(lease.ip) == ip), None)
-        entry = next((e for e in entries if e.ifname == ifname
-                      and any(_ip(a.split("/")[0]) == ip for a in e.ips)), None)
+        lease, entry = records.lease_of_ip(ip), records.entry_of_ip(ip, ifname)
         if lease is not None:
-            container_id, found_by = lease.container_id, "lease"
-            ifname = lease.ifname or ifname
+            container_id, found_by, ifname = lease.container_id, "lease", lease.ifname or ifname
         elif entry is not None:
             container_id, found_by = entry.container_id, "cache"
         else:
-            pod_ns = given_ns or search_netns(node, ifname, {str(ip)})
+            pod_ns = given or search_netns(node, ifname, {str(ip)})
             if pod_ns is None:
                 raise InspectError(
                     f"no pod of network {conf.network!r} has {ip}: no lease in "
                     f"{leases.store_dir(conf.data_dir, conf.network)}, no cache entry, no netns "
                     f"in {netns.NETNS_RUN_DIRS[0]} with it on {ifname}")
-            found_by = "netns"
+            container_id, found_by = _owner_of_netns(records, conf, pod_ns, ifname), "netns"
     else:
-        if "/" not in target:
-            container_id = _by_container_id(target, ifname, entries, all_leases)
-        if container_id is None:
+        container_id = records.container_id(target, ifname) if "/" not in target else None
+        if container_id is not None:
+            found_by = "cache" if records.entry(container_id, ifname) else "lease"
+        else:
             pod_ns = netns.resolve(target)
             if pod_ns is None:
                 raise _unknown(target, conf, ifname, cache_dir)
-            found_by = "netns"
-            entry = next((e for e in entries if e.ifname == ifname and e.netns
-                          and netns.Netns(e.netns).identity() == pod_ns.identity()), None)
-            if entry is not None:
-                container_id = entry.container_id
-        else:
-            found_by = "cache" if any(e.container_id == container_id for e in entries) \
-                else "lease"
+            container_id, found_by = _owner_of_netns(records, conf, pod_ns, ifname), "netns"
 
-    entry = next((e for e in entries
-                  if e.container_id == container_id and e.ifname == ifname), None) \
-        if container_id is not None else None
-    if pod_ns is not None and container_id is None:
-        # a netns with no cache entry: its address's lease names the container
-        with Kernel(pod_ns) as k:
-            link = k.link(ifname)
-            addresses = {a.split("/")[0] for a in k.addresses(link.index)} if link else set()
-        lease = next((lease for lease in all_leases if lease.ip in addresses), None)
-        if lease is not None:
-            container_id = lease.container_id
-        elif link is None or not any(conf.range_of(ipaddress.ip_address(a)) for a in addresses):
-            raise InspectError(
-                f"netns {pod_ns.path} is not a pod of network {conf.network!r}: "
-                + (f"it has no {ifname}" if link is None else
-                   f"{ifname} has no address of {', '.join(str(r.subnet) for r in conf.ranges)}"
-                   if conf.ranges else f"no lease or cache entry names it"))
-    owned = [lease for lease in all_leases if lease.names(container_id, ifname)]
-    if given_ns is not None:
-        pod_ns = given_ns
+    entry = records.entry(container_id, ifname) if container_id is not None else None
+    owned = [lease for lease in records.leases if lease.names(container_id, ifname)]
+    if given is not None:
+        pod_ns = given
     elif pod_ns is None and entry is not None and entry.netns:
         pod_ns = netns.Netns(entry.netns)
     elif pod_ns is None and owned:

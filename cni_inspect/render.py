@@ -23,6 +23,10 @@ def _on(flag: bool | None) -> str:
     return {True: "on", False: "off", None: "-"}[flag]
 
 
+def _endpoint(address: str, port: int | None) -> str:
+    return f"{address}:{port}" if port else address
+
+
 def _short(rule: str) -> str:
     """A rule without its comment: the plugin's comment only repeats the network and ID."""
     return re.sub(r' (-m comment --comment|comment) "(\\.|[^"\\])*"', "", rule)
@@ -146,10 +150,10 @@ def pod_text(r: dict, explain: bool) -> str:
                 f"{spoof['mac']} on {spoof['iifname']}", "macspoofchk")
     out.add(f"conntrack ({len(r['conntrack'])} entries, original -> reply):", "conntrack")
     for c in r["conntrack"]:
-        ports = lambda a, p: f"{a}:{p}" if p else a  # noqa: E731
         note = f"  source NATed to {c['snat_to']}" if c["snat"] else ""
-        out.add(f"  {c['protocol']} {ports(c['src'], c['sport'])} -> {ports(c['dst'], c['dport'])}"
-                f"   reply {c['reply_src']} -> {c['reply_dst']}{note}")
+        out.add(f"  {c['protocol']} {_endpoint(c['src'], c['sport'])} -> "
+                f"{_endpoint(c['dst'], c['dport'])}   reply {c['reply_src']} -> "
+                f"{c['reply_dst']}{note}")
     _problems(out, r["problems"])
     return out.text()
 
