@@ -38,7 +38,8 @@ def _fstype(path: str) -> tuple[str | None, str | None]:
     return best
 
 
-def _live_pods(node: Kernel, entries: list[cache.CacheEntry], confs: list[NetworkConf]) -> list[dict]:
+def _live_pods(node: Kernel, entries: list[cache.CacheEntry],
+               confs: list[NetworkConf]) -> list[dict]:
     """Every pod connected to this node by a veth that is a port of a conf's bridge or whose
     peer has an address of a conf's ranges (a pod detached from its bridge): the veth's peer
     netns is found among all namespaces by the id this netns has for it."""

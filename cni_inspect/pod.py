@@ -189,9 +189,10 @@ class PodWalk:
                            f"{want}: it reaches only its subnet. "
                            f"`{self.in_pod(f'ip route add default via {want} dev {ifname}')}`.")
             elif str(want) not in gateways:
+                fix = self.in_pod(f"ip route replace default via {want} dev {ifname}")
                 self.p.add("wrong-default-gateway", "the pod's default route goes via "
                            f"{', '.join(map(str, gateways))}, not the gateway {want} of its "
-                           f"range. `{self.in_pod(f'ip route replace default via {want} dev {ifname}')}`.")
+                           f"range. `{fix}`.")
         if not self.alive or self.bridge is None:
             return
         bridge = self.bridge.name

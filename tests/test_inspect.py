@@ -368,7 +368,7 @@ def test_every_field_of_a_sound_pod(case, tool, make_node):
     assert all(pod.ip in (c["src"], c["dst"], c["reply_dst"]) for c in r["conntrack"])
 
 
-@pytest.mark.parametrize("case", CASES[:1] + CASES[3:4], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_node_report_of_sound_pods(case, tool, make_node):
     node = make_node(plugins_for(case.plugins), case.conf)
     pods = [node.add_pod("a"), node.add_pod("b")]
@@ -390,6 +390,9 @@ def test_node_report_of_sound_pods(case, tool, make_node):
     assert sorted((m["container_id"], m["pod_alive"]) for m in r["masquerade"]) == \
         sorted((p.container_id, True) for p in pods)
     assert r["prerequisites"]["data_dirs"][0]["path"] == str(node.data_dir)
+    spoofed = sorted(m["chain"] for m in r["macspoofchk"] if m["pod_alive"])
+    assert spoofed == (sorted(f"cni-br-iface-{p.container_id}-eth0" for p in pods)
+                       if case.conf.get("macspoofchk") else [])
 
 
 # --------------------------------------------------------------------------- finding the pod
@@ -655,7 +658,7 @@ def test_data_dir_on_disk_is_warned_about(tool, make_node):
     assert str(node.data_dir) in warning["message"]
 
 
-# --------------------------------------------------------------------------- bad input and exit codes
+# ------------------------------------------------------------------- bad input and exit codes
 
 
 def test_exit_codes(tool, make_node, tmp_path):
