@@ -653,33 +653,38 @@ def test_node_finds_orphans_both_ways(tool, ours):
     node.inspect(tool, "node", "--strict", check=1)
 
 
-def test_node_warns_of_mixed_backends_and_prerequisites(tool, ours):
+@pytest.fixture
+def tmpfs_dir():
+    """A dir on tmpfs (/dev/shm), removed after the nodes' pods are deleted (their DEL
+    recreates a host-local store dir): request it before the node fixtures."""
+    path = Path("/dev/shm") / f"{PREFIX}-ipam"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_node_warns_of_mixed_backends_and_prerequisites(tool, tmpfs_dir, ours):
     """Our bridge (legacy tables) and the Go one (iptables-nft) on one node; a dataDir on
     tmpfs is not warned about (one on disk is: the next test)."""
     go = plugins_for("go-1.1.1")
-    shm = Path("/dev/shm") / f"{PREFIX}-ipam"
-    try:
-        node = ours(data_dir=shm)
-        node.add_pod("ours")
-        node.add_pod("go", plugins=go, iptables=None)
-        r = node.report(tool, command="node")
-        warnings = {w["code"] for w in r["warnings"]}
-        assert r["problems"] == [], r["problems"]
-        assert r["backends"] == ["legacy", "iptables-nft"]
-        assert "backends-mixed" in warnings
-        assert r["prerequisites"]["data_dirs"][0]["fstype"] == "tmpfs"
-        assert "data-dir-persistent" not in warnings
-        loaded = os.path.isdir("/proc/sys/net/bridge")
-        assert r["prerequisites"]["br_netfilter"] is loaded
-        assert ("br-netfilter-missing" in warnings) is not loaded
-        if loaded:
-            assert "bridge-nf-call-iptables-off" not in warnings
-            node.in_ns("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
-            off = node.report(tool, command="node")
-            assert "bridge-nf-call-iptables-off" in {w["code"] for w in off["warnings"]}
-            assert off["prerequisites"]["bridge_nf_call_iptables"] is False
-    finally:
-        shutil.rmtree(shm, ignore_errors=True)
+    node = ours(data_dir=tmpfs_dir)
+    node.add_pod("ours")
+    node.add_pod("go", plugins=go, iptables=None)
+    r = node.report(tool, command="node")
+    warnings = {w["code"] for w in r["warnings"]}
+    assert r["problems"] == [], r["problems"]
+    assert r["backends"] == ["legacy", "iptables-nft"]
+    assert "backends-mixed" in warnings
+    assert r["prerequisites"]["data_dirs"][0]["fstype"] == "tmpfs"
+    assert "data-dir-persistent" not in warnings
+    loaded = os.path.isdir("/proc/sys/net/bridge")
+    assert r["prerequisites"]["br_netfilter"] is loaded
+    assert ("br-netfilter-missing" in warnings) is not loaded
+    if loaded:
+        assert "bridge-nf-call-iptables-off" not in warnings
+        node.in_ns("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+        off = node.report(tool, command="node")
+        assert "bridge-nf-call-iptables-off" in {w["code"] for w in off["warnings"]}
+        assert off["prerequisites"]["bridge_nf_call_iptables"] is False
 
 
 def test_data_dir_on_disk_is_warned_about(tool, ours):
