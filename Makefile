@@ -3,9 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 CNI_BIN_DIR ?= /opt/cni/bin
+INSPECT_BIN_DIR ?= /usr/local/sbin
 DESTDIR ?=
 EXTRACT_ROOT ?= /var/cache/cni-python
 IPTC_VERSION := 1.2.0
+PYROUTE2_VERSION := 0.9.7
 SHIV_VERSION := 1.0.8
 
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
@@ -17,8 +19,10 @@ HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
 BRIDGE_SRC := $(HOST_LOCAL_SRC) $(shell find cni_bridge -name '*.py')
 # Both zipapps of one build carry one build id, a hash over these (tools/build_zipapp.py).
 BUILD_ID_FROM := cni_protocol host_local_ipam cni_bridge
+NAMING_SRC := cni_bridge/__init__.py cni_bridge/masquerade/__init__.py cni_bridge/masquerade/naming.py
+INSPECT_SRC := $(NAMING_SRC) $(shell find cni_inspect -name '*.py')
 
-.PHONY: all deps venv zipapps install test unit demo demo-clean bench bench-ipam clean
+.PHONY: all deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam clean
 
 all: zipapps
 
@@ -34,7 +38,7 @@ venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check shiv==$(SHIV_VERSION) pytest \
-		python-iptables==$(IPTC_VERSION) hypothesis==6.170.15
+		python-iptables==$(IPTC_VERSION) hypothesis==6.170.15 pyroute2==$(PYROUTE2_VERSION)
 	touch $@
 
 build/site-host-local: $(HOST_LOCAL_SRC)
@@ -49,15 +53,31 @@ build/site-bridge: $(BRIDGE_SRC) | venv
 	cp -r cni_protocol cni_bridge host_local_ipam $@/
 	find $@ -name __pycache__ -prune -exec rm -rf {} +
 
+# cni-inspect: pyroute2 and the names of the bridge plugin's netfilter objects (naming.py and
+# the package files it needs to import), none of the plugins' own work.
+build/site-cni-inspect: $(INSPECT_SRC) | venv
+	rm -rf $@ && mkdir -p $@/cni_bridge/masquerade
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --target $@ \
+		pyroute2==$(PYROUTE2_VERSION)
+	cp -r cni_inspect $@/
+	for f in $(NAMING_SRC); do cp $$f $@/$$f; done
+	find $@ -name __pycache__ -prune -exec rm -rf {} +
+
 # Either zipapp changes when any source does: the build id they share covers both plugins.
 dist/host-local: VERBS := host_local_ipam.plugin
 dist/bridge: VERBS := cni_bridge.plugin
-dist/%: build/site-% $(BRIDGE_SRC) tools/build_zipapp.py | venv
+dist/host-local dist/bridge: dist/%: build/site-% $(BRIDGE_SRC) tools/build_zipapp.py | venv
 	mkdir -p dist
 	$(PYTHON) tools/build_zipapp.py --shiv $(VENV)/bin/shiv --root $(EXTRACT_ROOT) \
 		--plugin $* --verbs $(VERBS) --site-packages $< --id-from $(BUILD_ID_FROM) --out $@
 
-zipapps: dist/host-local dist/bridge
+dist/cni-inspect: build/site-cni-inspect tools/build_zipapp.py | venv
+	mkdir -p dist
+	$(PYTHON) tools/build_zipapp.py --shiv $(VENV)/bin/shiv --root $(EXTRACT_ROOT) \
+		--tool cni-inspect --entry cni_inspect.__main__:main --site-packages $< \
+		--id-from cni_inspect cni_bridge/masquerade --out $@
+
+zipapps: dist/host-local dist/bridge dist/cni-inspect
 
 # Install into $(DESTDIR)$(CNI_BIN_DIR) (atomically: a runtime may be exec'ing the old one).
 # On this machine (no DESTDIR), also extract each app once so that the first pod does not pay
@@ -74,6 +94,18 @@ install: zipapps
 		fi; \
 	done
 	@echo "installed: $$(ls $(DESTDIR)$(CNI_BIN_DIR)/bridge $(DESTDIR)$(CNI_BIN_DIR)/host-local)"
+	$(MAKE) --no-print-directory install-inspect
+
+# cni-inspect, a tool for people, into $(DESTDIR)$(INSPECT_BIN_DIR) (extracted as the plugins).
+install-inspect: dist/cni-inspect
+	install -d $(DESTDIR)$(INSPECT_BIN_DIR)
+	install -m 0755 dist/cni-inspect $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect.new
+	mv -f $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect.new $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect
+	if [ -z "$(DESTDIR)" ]; then \
+		env -i $(INSPECT_BIN_DIR)/cni-inspect --help >/dev/null && \
+		$(PYTHON) tools/build_zipapp.py --prune $(INSPECT_BIN_DIR)/cni-inspect --root $(EXTRACT_ROOT); \
+	fi
+	@echo "installed: $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect"
 
 unit: venv
 	$(VENV)/bin/python -m pytest -q tests/unit
@@ -86,7 +118,8 @@ test: deps zipapps
 # two-node "Kubernetes The Hard Way" cluster built in network namespaces.
 # DEMO_FLAGS=--keep leaves the cluster up; `make demo-clean` removes it.
 demo: deps install
-	$(PYTHON) tools/cluster.py demo --plugin-dir $(DESTDIR)$(CNI_BIN_DIR) $(DEMO_FLAGS)
+	$(PYTHON) tools/cluster.py demo --plugin-dir $(DESTDIR)$(CNI_BIN_DIR) \
+		--inspect $(DESTDIR)$(INSPECT_BIN_DIR)/cni-inspect $(DEMO_FLAGS)
 
 demo-clean:
 	$(PYTHON) tools/cluster.py clean

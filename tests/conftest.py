@@ -27,19 +27,23 @@ def plugins_dir() -> Path:
 _checked: dict[str, Path] = {}
 
 
+def _make(target: str) -> None:
+    """`make target` in the checkout, when it is missing or older than its sources."""
+    fresh = subprocess.run(["make", "-q", target], cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL).returncode == 0
+    if not fresh:
+        built = subprocess.run(["make", target], cwd=ROOT, capture_output=True, text=True)
+        if built.returncode != 0:
+            pytest.fail(f"`make {target}` failed:\n{built.stdout}{built.stderr}")
+
+
 def _zipapp(name: str) -> Path:
     if name in _checked:
         return _checked[name]
     d = plugins_dir()
     path = d / name
     if d == (ROOT / "dist").resolve():
-        target = f"dist/{name}"
-        fresh = subprocess.run(["make", "-q", target], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL).returncode == 0
-        if not fresh:
-            built = subprocess.run(["make", target], cwd=ROOT, capture_output=True, text=True)
-            if built.returncode != 0:
-                pytest.fail(f"`make {target}` failed:\n{built.stdout}{built.stderr}")
+        _make(f"dist/{name}")
     if not os.access(path, os.X_OK):
         pytest.skip(f"no executable {name} in {d}: run `make zipapps`, or set "
                     "CNI_TEST_PLUGIN_DIR")
@@ -51,3 +55,11 @@ def _zipapp(name: str) -> Path:
 def zipapp():
     """zipapp(name) -> Path of the plugin under test, built first if it is ours and stale."""
     return _zipapp
+
+
+@pytest.fixture(scope="session")
+def inspect_tool() -> Path:
+    """dist/cni-inspect, built first if stale: always ours, whatever CNI_TEST_PLUGIN_DIR says
+    (it is a tool for people, not a plugin)."""
+    _make("dist/cni-inspect")
+    return ROOT / "dist" / "cni-inspect"

@@ -116,20 +116,28 @@ def test_node_route_to_its_pod_cidr_goes_through_cnio0(masq):
         assert [r["dev"] for r in routes] == ["cnio0"]
 
 
-def test_demo_keep_show_and_clean(zipapp, tmp_path):
-    """The README's demo, as a user runs it: a kept cluster is shown again, then cleaned."""
+def test_demo_keep_show_and_clean(zipapp, inspect_tool, tmp_path):
+    """The README's demo, as a user runs it: the walk through cni-inspect, a lost pod found and
+    freed by GC; a kept cluster is shown again, then cleaned."""
     plugins = plugins_under_test(zipapp)
     prefix = f"kthw-t{os.getpid()}-demo"
     tool = [sys.executable, str(ROOT / "tools" / "cluster.py")]
     opts = ["--workdir", str(tmp_path / "demo")]
     try:
         demo = subprocess.run([*tool, "demo", "--keep", "--prefix", prefix,
-                               "--plugin-dir", str(plugins), *opts],
-                              capture_output=True, text=True, timeout=300)
+                               "--plugin-dir", str(plugins), "--inspect", str(inspect_tool),
+                               *opts], capture_output=True, text=True, timeout=300)
         assert demo.returncode == 0, demo.stderr
-        for screen in ("==== node-0", "==== node-1", "eth0@if", "ttl=62",
-                       "source NATed to 10.240.0.20"):
-            assert screen in demo.stdout
+        walk, injected = demo.stdout.split("==== injected on node-0")
+        for screen in ("==== node-0", "==== node-1", "peer ifindex", "master cnio0", "ttl=62",
+                       "ethtool -S eth0",
+                       "source NATed to 10.240.0.20", "source NATed to 10.240.0.21"):
+            assert screen in walk, screen
+        assert walk.count("problems: none") == walk.count("problems:") == 4, "a sound cluster"
+        found, freed = injected.split("\nGC (cniVersion 1.1.0) with")
+        assert "[lease-leaked]" in found and "[masquerade-leaked]" in found
+        assert "GC bridge" in freed and "exit 0" in freed
+        assert "problems: none" in freed and "NO POD" not in freed
         assert os.path.exists(f"/run/netns/{prefix}-node-0-pod-2")
         show = subprocess.run([*tool, "show", *opts], capture_output=True, text=True, timeout=120)
         assert show.returncode == 0 and "==== node-1" in show.stdout, show.stderr

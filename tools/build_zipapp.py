@@ -27,7 +27,13 @@ line of the IPAM plugin it finds; when it is the one of this build's host-local 
 the generated `cni_build` module), it runs host-local's verb in its own process instead of
 exec'ing it (cni_bridge/ipam.py).
 
+A tool for people (cni-inspect) is built the same way, with `--tool NAME --entry MOD:FUNC`: its
+start line calls the entry point instead of serving a CNI call, and a first run that cannot
+extract says so on stderr.
+
 usage: build_zipapp.py --shiv SHIV --plugin NAME --verbs MODULE --site-packages DIR --out FILE
+                       --id-from PATH... [--root DIR]
+       build_zipapp.py --shiv SHIV --tool NAME --entry MOD:FUNC --site-packages DIR --out FILE
                        --id-from PATH... [--root DIR]
        build_zipapp.py --prune INSTALLED_APP [--root DIR]   (drop extractions of other builds)
 """
@@ -53,6 +59,7 @@ INTERPRETER = "/usr/bin/python3 -IS"  # one argument for the kernel: "-IS" then 
 LOADER = 'import sys;f=open(sys.argv[1],"rb");f.readline();exec(f.readline()[1:])'
 EXTRACT_ROOT = "/var/cache/cni-python"
 PLUGINS = ("bridge", "host-local")
+TOOLS = ("cni-inspect",)
 OUR_PACKAGES = ("cni_protocol", "cni_bridge", "host_local_ipam")
 
 # Line 2, one line of Python after a '#'. sys.argv is ['-c', <this file>, ...].
@@ -67,6 +74,20 @@ START = (
     "exec('from cni_protocol import fastimport; fastimport.install(site); "
     "from cni_protocol.skel import run; run(\"{plugin}\", \"{verbs}\")' if warm else "
     "'import _cni_first_run; _cni_first_run.main(site, \"{plugin}\", \"{verbs}\")')\n"
+)
+
+# Line 2 of a tool's zipapp: its entry point instead of a CNI call.
+TOOL_START = (
+    "#import posix; f.close(); "
+    "sys.argv = sys.argv[1:]; "
+    "root = posix.environ.get(b'SHIV_ROOT', b'').decode('utf-8', 'surrogateescape') "
+    "or '{root}'; "
+    "site = f'{{root}}/{name}_{shiv_id}/site-packages'; "
+    "warm = posix.access(site, posix.F_OK); "
+    "sys.path.insert(0, site if warm else sys.argv[0]); "
+    "exec('from {module} import {func}; sys.exit({func}())' if warm else "
+    "'import _cni_first_run; _cni_first_run.main_tool(site, \"{name}\", \"{module}\", "
+    "\"{func}\")')\n"
 )
 
 # Added to the archive's root: the cold path, in CNI terms when extraction is impossible.
@@ -95,6 +116,18 @@ def main(site: str, plugin: str, verbs: str) -> None:
     sys.path[0] = site
     from cni_protocol.skel import run
     run(plugin, verbs)
+
+
+def main_tool(site: str, name: str, module: str, func: str) -> None:
+    try:
+        from _bootstrap import extract_site_packages
+        with zipfile.ZipFile(sys.argv[0]) as archive:
+            extract_site_packages(archive, Path(site).parent)
+    except OSError as e:
+        sys.exit(f"{name}: cannot extract its Python packages: {e} (SHIV_ROOT names a "
+                 "writable directory for them; `make install` extracts them at install time)")
+    sys.path[0] = site
+    sys.exit(getattr(__import__(module, fromlist=[func]), func)())
 '''
 
 # Added to the site-packages: what the running bridge knows of its own build.
@@ -173,6 +206,8 @@ def main() -> None:
     p.add_argument("--shiv")
     p.add_argument("--plugin", choices=PLUGINS)
     p.add_argument("--verbs", help="the plugin's module of verbs, e.g. cni_bridge.plugin")
+    p.add_argument("--tool", choices=TOOLS, help="a tool's name (instead of --plugin)")
+    p.add_argument("--entry", help="the tool's entry point, MOD:FUNC")
     p.add_argument("--site-packages")
     p.add_argument("--out")
     p.add_argument("--id-from", nargs="+", metavar="PATH",
@@ -183,14 +218,16 @@ def main() -> None:
     if a.prune:
         prune(a.prune, a.root)
         return
-    if not (a.shiv and a.plugin and a.verbs and a.site_packages and a.out and a.id_from):
-        p.error("--shiv, --plugin, --verbs, --site-packages, --out and --id-from are required "
-                "to build")
+    if not (a.shiv and (a.plugin and a.verbs or a.tool and a.entry) and a.site_packages
+            and a.out and a.id_from):
+        p.error("--shiv, --plugin and --verbs (or --tool and --entry), --site-packages, --out "
+                "and --id-from are required to build")
+    name = a.plugin or a.tool
 
     build = build_id(a.id_from)
     first_lines = {name: first_line(name, build) for name in PLUGINS}
     raw = a.out + ".shiv"
-    entry = a.verbs.split(".")[0] + ".__main__:main"  # for `python3 <zipapp>`: shiv's own way
+    entry = a.entry or a.verbs.split(".")[0] + ".__main__:main"  # `python3 <zipapp>`: shiv's way
     with tempfile.TemporaryDirectory() as generated:
         with open(os.path.join(generated, "cni_build.py"), "w") as f:
             f.write(BUILD_MODULE.format(build_id=build, first_lines=first_lines))
@@ -207,22 +244,28 @@ def main() -> None:
     zip_data = data[data.index(b"\n") + 1:]  # drop shiv's #! line
     tmp = a.out + ".tmp"
     with open(tmp, "wb") as out:
-        out.write(first_lines[a.plugin])
-        out.write(START.format(root=a.root, plugin=a.plugin, shiv_id=shiv_id,
-                               verbs=a.verbs).encode())
+        if a.plugin:
+            out.write(first_lines[a.plugin])
+            out.write(START.format(root=a.root, plugin=a.plugin, shiv_id=shiv_id,
+                                   verbs=a.verbs).encode())
+        else:
+            module, func = a.entry.split(":")
+            out.write(first_line(a.tool, build))
+            out.write(TOOL_START.format(root=a.root, name=a.tool, shiv_id=shiv_id,
+                                        module=module, func=func).encode())
         out.write(zip_data)
     os.chmod(tmp, 0o755)
     os.replace(tmp, a.out)
     os.unlink(raw)
-    print(f"built {a.out} (build {build[:12]}, extracts to {a.root}/{a.plugin}_{shiv_id[:12]}...)")
+    print(f"built {a.out} (build {build[:12]}, extracts to {a.root}/{name}_{shiv_id[:12]}...)")
 
 
 def installed_plugin(app: str) -> str:
-    """The plugin name on line 1 of a zipapp this tool built."""
+    """The plugin's (or tool's) name on line 1 of a zipapp this tool built."""
     with open(app, "rb") as f:
         line = f.readline().decode(errors="replace")
     name = line.rstrip("\n").rpartition("#")[2].split(" ")[0]
-    if name not in PLUGINS:
+    if name not in PLUGINS + TOOLS:
         raise SystemExit(f"{app}: not a zipapp of build_zipapp.py (line 1 is {line[:80]!r})")
     return name
 

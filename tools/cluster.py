@@ -6,8 +6,11 @@ node has a POD_CIDR and a route to the other node's POD_CIDR, added by hand as i
 walk-through. The pods on each node are made by the bridge and host-local plugins of
 --plugin-dir, with conf/10-bridge.conflist set to that node's subnet. A jumpbox on the host
 network has no route to any POD_CIDR, so a pod reaches it only through its node's masquerade.
+Each node keeps its conf in WORKDIR/<node>/net.d and a libcni cache of its pods in
+WORKDIR/<node>/cache, as a runtime would, and the walk is cni-inspect's, run in the node.
 
-  cluster.py demo [--keep]   build, print the walk one screen per node, tear down
+  cluster.py demo [--keep]   build, print the walk one screen per node, then a pod lost without
+                             DEL, found by cni-inspect and freed by GC; tear down
   cluster.py show            print the walk of a kept cluster again
   cluster.py clean           tear down a kept cluster
 
@@ -18,6 +21,7 @@ plugins first, as a runtime would.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -32,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONFLIST = ROOT / "conf" / "10-bridge.conflist"
 DEFAULT_WORKDIR = Path("/tmp/kthw-demo")
+DEFAULT_INSPECT = ROOT / "dist" / "cni-inspect"
 HOSTNET_BRIDGE = "hostnet"
 BRIDGE = "cnio0"
 
@@ -129,6 +134,22 @@ def invoke_list(verb: str, conflist: dict, *, plugin_dir: Path, runtime_ns: str,
     return result
 
 
+def invoke_gc(conflist: dict, *, plugin_dir: Path, runtime_ns: str, valid: list[dict], log):
+    """GC as libcni sends it to a conf list of cniVersion 1.1.0: each plugin gets the
+    attachments the runtime still has in `cni.dev/valid-attachments`."""
+    env = dict(os.environ, CNI_COMMAND="GC", CNI_PATH=str(plugin_dir))
+    for plugin in conflist["plugins"]:
+        conf = {k: v for k, v in plugin.items() if k != "capabilities"}
+        conf.update(name=conflist["name"], cniVersion="1.1.0",
+                    **{"cni.dev/valid-attachments": valid})
+        proc = in_ns(runtime_ns, plugin_dir / plugin["type"], input=json.dumps(conf), env=env,
+                     check=False)
+        log(f"GC {plugin['type']} valid: {' '.join(v['containerID'] for v in valid)}  "
+            f"exit {proc.returncode}")
+        if proc.returncode:
+            raise CommandError(["CNI GC", plugin["type"]], proc)
+
+
 def node_conflist(node: Host, ip_masq: bool, data_dir: Path) -> dict:
     """conf/10-bridge.conflist for one node: its POD_CIDR, and the IPAM store in our workdir."""
     conflist = json.loads(CONFLIST.read_text())
@@ -143,12 +164,13 @@ class Cluster:
     """The two-node cluster; self.state records everything made, so teardown can find it."""
 
     def __init__(self, plugin_dir, workdir=DEFAULT_WORKDIR, prefix="kthw", ip_masq=True,
-                 pods_per_node=2, log=print):
+                 pods_per_node=2, log=print, inspect=DEFAULT_INSPECT):
         self.workdir = Path(workdir)
         self.log = log
         self.owns_workdir_state = False
         self.state = {"prefix": prefix, "source_dir": str(Path(plugin_dir).resolve()),
                       "cni_bin": str(self.workdir / "cni-bin"),
+                      "inspect": str(Path(inspect).resolve()),
                       "ip_masq": ip_masq, "pods_per_node": pods_per_node, "netns": [],
                       "pods": []}
 
@@ -173,6 +195,14 @@ class Cluster:
 
     def pods_of(self, node: Host) -> list[dict]:
         return [p for p in self.pods if p["node"] == node.name]
+
+    def node_dir(self, node: Host | str) -> Path:
+        """The node's own files: conf dir net.d, libcni cache, IPAM store."""
+        return self.workdir / (node if isinstance(node, str) else node.name)
+
+    def cache_file(self, pod: dict) -> Path:
+        return (self.node_dir(pod["node"]) / "cache" / "results"
+                / f"{pod['conflist']['name']}-{pod['id']}-eth0")
 
     def _save(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -199,6 +229,8 @@ class Cluster:
         if (self.workdir / "state.json").exists():
             raise FileExistsError(f"{self.workdir}/state.json exists: a cluster is kept there, "
                                   f"remove it with `cluster.py clean --workdir {self.workdir}`")
+        if not os.access(self.state["inspect"], os.X_OK):
+            raise FileNotFoundError(f"no executable {self.state['inspect']} (`make zipapps`)")
         self._save()
         self.plugin_dir.mkdir(exist_ok=True)
         for name in ("bridge", "host-local"):
@@ -219,6 +251,10 @@ class Cluster:
                     run("ip", "-n", self.ns(node.name), "route", "add", other.pod_cidr,
                         "via", other.ip)
             in_ns(self.ns(node.name), "nft", "-f", "-", input=TRACK_RULESET)
+            conf_dir = self.node_dir(node) / "net.d"
+            conf_dir.mkdir(parents=True, exist_ok=True)
+            conflist = node_conflist(node, self.state["ip_masq"], self.node_dir(node) / "ipam")
+            (conf_dir / CONFLIST.name).write_text(json.dumps(conflist, indent=1))
         for node in NODES:
             for i in range(1, self.state["pods_per_node"] + 1):
                 self.add_pod(node, f"{node.name}-pod-{i}")
@@ -241,7 +277,22 @@ class Cluster:
         self._save()
         pod["result"] = self._cni("ADD", pod)
         self._save()
+        self._cache(pod)
         return pod
+
+    def _cache(self, pod: dict) -> None:
+        """The cache entry libcni writes after ADD, which cni-inspect reads the netns from."""
+        path = self.cache_file(pod)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(json.dumps({
+            "kind": "cniCacheV1", "containerId": pod["id"],
+            "config": base64.b64encode(json.dumps(pod["conflist"]).encode()).decode(),
+            "ifName": "eth0", "networkName": pod["conflist"]["name"],
+            "netns": f"/run/netns/{pod['netns']}",
+            "cniArgs": [["IgnoreUnknown", "1"], ["K8S_POD_NAMESPACE", "default"],
+                        ["K8S_POD_NAME", pod["name"]]],
+            "capabilityArgs": {}, "result": pod["result"]}))
+        path.chmod(0o600)
 
     # -- teardown ------------------------------------------------------------------------------
 
@@ -254,6 +305,7 @@ class Cluster:
         for pod in reversed(self.pods):
             try:
                 self._cni("DEL", pod)
+                self.cache_file(pod).unlink(missing_ok=True)
             except Exception as e:  # noqa: BLE001 - teardown must go on
                 errors.append(e)
         for ns in reversed(self.state["netns"]):
@@ -301,17 +353,11 @@ class Cluster:
     def conntrack(self, node: Host) -> list[tuple[tuple[str, str], tuple[str, str]]]:
         return icmp_flows(self.ns(node.name))
 
-    def nat_rules(self, node: Host) -> dict[str, list[str]]:
-        """The nat rules with their [packets:bytes] counters, per iptables backend.
-
-        Comments (network name and container id) are cut: the rule's -s already names the pod.
-        """
-        rules = {}
-        for tool in ("iptables-legacy-save", "iptables-nft-save"):
-            out = in_ns(self.ns(node.name), tool, "-c", "-t", "nat").stdout
-            rules[tool] = [re.sub(r' -m comment --comment "(\\.|[^"\\])*"', "", line)
-                           for line in out.splitlines() if " -A " in f" {line}"]
-        return rules
+    def inspect(self, node: Host, *args, explain: bool = False) -> str:
+        """cni-inspect run in the node, on the node's conf dir, libcni cache and IPAM store."""
+        cmd = [self.state["inspect"], *args, "--conf-dir", self.node_dir(node) / "net.d",
+               "--cache-dir", self.node_dir(node) / "cache", *(["--explain"] if explain else [])]
+        return in_ns(self.ns(node.name), *cmd).stdout.rstrip("\n")
 
     # -- the walk ------------------------------------------------------------------------------
 
@@ -344,44 +390,62 @@ class Cluster:
             out += [(pods[0], name, ip, self.ping(pods[0], ip)) for name, ip in targets]
         return out
 
-    def node_screen(self, node: Host, pings) -> str:
-        ns = self.ns(node.name)
+    def node_screen(self, node: Host, pings, explain: bool) -> str:
+        """The walk on one node: cni-inspect's view of the node, the pings, then its view of the
+        first pod (after the pings: conntrack), with the commands that show each fact."""
         pods = self.pods_of(node)
-        lines = [f"==== {node.name}: netns {ns}, eth0 {node.ip}/24, POD_CIDR {node.pod_cidr}",
-                 f"pods: eth0 in the pod's netns and a veth on the node, a port of {BRIDGE}, are "
-                 "a veth pair (NAME@ifN: the peer's ifindex is N)"]
-        for pod in pods:
-            veth = self.host_veth(pod)
-            lines.append(f"  {pod['name']:<12} {pod['result']['ips'][0]['address']:<15} "
-                         f"eth0@if{veth['peer_ifindex']} <-> {veth['ifname']}@if"
-                         f"{veth['link_index']} (master {veth.get('master', '-')})")
-        lines.append(f"bridge {BRIDGE} {self.bridge_addr(node)} (the pods' gateway), ports: "
-                     + " ".join(self.bridge_ports(node)))
-        if pods:
-            lines.append(f"routes in {pods[0]['name']}:")
-            pod_routes = run("ip", "-n", pods[0]["netns"], "route").stdout
-            lines += ["  " + r for r in pod_routes.splitlines()]
-        lines.append(f"routes in {node.name} (the one via the other node is set by hand):")
-        lines += ["  " + r for r in run("ip", "-n", ns, "route").stdout.splitlines()]
-        for tool, rules in self.nat_rules(node).items():
-            lines.append(f"NAT [packets:bytes], {tool} -c -t nat:" + ("" if rules else " none"))
-            lines += ["  " + r for r in rules]
-        lines.append(f"pings from {pods[0]['name'] if pods else '-'} "
-                     "(ttl 64 minus one per router):")
+        lines = [f"==== {node.name}: netns {self.ns(node.name)}, eth0 {node.ip}/24, POD_CIDR "
+                 f"{node.pod_cidr}",
+                 "$ cni-inspect node   (the bridge, its ports, leases, NAT rules)",
+                 self.inspect(node, "node"),
+                 f"pings from {pods[0]['name'] if pods else '-'} (ttl 64 minus one per router):"]
         for src, name, ip, ttl in pings:
             if src["node"] == node.name:
                 lines.append(f"  -> {name} {ip}: " + (f"ttl={ttl}" if ttl else "no reply") +
                              (" (the jumpbox has no route back to a POD_CIDR)"
                               if not ttl and name == JUMPBOX.name else ""))
-        lines.append(f"conntrack -L -p icmp in {node.name} (original -> reply):")
-        for (osrc, odst), (rsrc, rdst) in self.conntrack(node):
-            note = f"  source NATed to {rdst}" if rdst != osrc else ""
-            lines.append(f"  {osrc} -> {odst}   reply {rsrc} -> {rdst}{note}")
+        if pods:
+            lines += [f"$ cni-inspect pod {pods[0]['id']}"
+                      + (" --explain   (each fact, then the command that shows it)"
+                         if explain else ""),
+                      self.inspect(node, "pod", pods[0]["id"], explain=explain)]
+        return "\n".join(lines)
+
+    def lose_pod(self, node: Host) -> dict:
+        """A pod whose netns goes without a DEL and whose runtime forgot it (its cache was on
+        a tmpfs, the node rebooted): its lease and NAT chain stay behind."""
+        pod = self.add_pod(node, f"{node.name}-pod-lost")
+        run("ip", "netns", "del", pod["netns"])
+        self.cache_file(pod).unlink()
+        return pod
+
+    def gc(self, node: Host, log) -> None:
+        """GC from the runtime, naming the pods it still has: frees what the others left."""
+        pods = self.pods_of(node)
+        invoke_gc(pods[0]["conflist"], plugin_dir=self.plugin_dir, runtime_ns=self.ns(node.name),
+                  valid=[{"containerID": p["id"], "ifname": "eth0"} for p in pods
+                         if netns_exists(p["netns"])], log=log)
+
+    def leak_and_gc(self, node: Host) -> str:
+        """The injected problem: found by `cni-inspect node`, freed by GC."""
+        lost = self.lose_pod(node)
+        lines = [f"==== injected on {node.name}: the netns of {lost['name']} "
+                 f"({self.pod_ip(lost)}) deleted without a DEL, and the runtime forgot it",
+                 "$ cni-inspect node", self.inspect(node, "node"),
+                 "GC (cniVersion 1.1.0) with the pods the runtime still has:"]
+        self.gc(node, log=lambda msg: lines.append("  " + msg))
+        self.pods.remove(lost)
+        self._save()
+        lines += ["$ cni-inspect node", self.inspect(node, "node")]
         return "\n".join(lines)
 
     def walk(self) -> str:
         pings = self.pings()
-        return "\n\n".join([self.overview(), *(self.node_screen(n, pings) for n in NODES)])
+        return "\n\n".join([self.overview(), *(self.node_screen(n, pings, explain=n == NODES[0])
+                                                 for n in NODES)])
+
+    def demo(self) -> str:
+        return self.walk() + "\n\n" + self.leak_and_gc(NODES[0])
 
 
 class Interrupted(Exception):
@@ -405,6 +469,8 @@ def main(argv=None) -> int:
     parser.add_argument("command", choices=("demo", "show", "clean"))
     parser.add_argument("--plugin-dir", default=str(ROOT / "dist"),
                         help="dir holding bridge and host-local (default: dist/)")
+    parser.add_argument("--inspect", default=str(DEFAULT_INSPECT),
+                        help="the cni-inspect that prints the walk (default: dist/cni-inspect)")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR),
                         help=f"state, plugin copies and IPAM store (default: {DEFAULT_WORKDIR})")
     parser.add_argument("--prefix", default="kthw", help="name prefix of every netns")
@@ -431,12 +497,12 @@ def main(argv=None) -> int:
     if (workdir / "state.json").exists():
         parser.error(f"a cluster is kept in {workdir}: run `{sys.argv[0]} clean{workdir_opt}`")
     cluster = Cluster(args.plugin_dir, workdir, args.prefix, not args.no_masq,
-                      args.pods_per_node, log=say)
+                      args.pods_per_node, log=say, inspect=args.inspect)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
         cluster.up()
-        say("\n" + cluster.walk() + "\n")
+        say("\n" + cluster.demo() + "\n")
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)  # teardown must not be cut short
