@@ -225,30 +225,41 @@ def _macspoofchk(step: str, *args: str) -> None:
 
 def delete(req: Request, cfg: BridgeConfig) -> None:
     """DEL, idempotent: whatever is already gone is skipped. The pod's interface goes first,
-    then the lease, as in the reference, so that the address is not handed out again while
-    the pod still holds it. With no netns (containerd's ctr, the second DEL of every pod) the
-    masquerade rules and the MAC check still go, found by the attachment's names, which the
+    then its masquerade rules and MAC check, then the lease, so that the address is not handed
+    out again while the pod or a rule still holds it. With no netns (containerd's ctr, the
+    second DEL of every pod) the rules still go, found by the attachment's names, which the
     reference does not do (its issue #810); when nothing is left, finding that out is a few
-    netlink queries."""
+    netlink queries. The lease goes even if removing a rule failed: that error is reported."""
     pod_addrs = links.del_pod_link(req.netns, req.ifname) if req.netns else []
-    cidrs = ([a.cidr for a in pod_addrs] or _prev_ips(req)) if cfg.ip_masq else None
-    call = ipam.start(cfg.ipam_type, "DEL", req) if cfg.ipam_type else None
+    error = None
     try:
         if cfg.ip_masq and cfg.ipam_type:
             from . import masquerade
+            cidrs = [a.cidr for a in pod_addrs] or _prev_ips(req)
             masquerade.teardown(masquerade.Attachment(req.network, req.container_id, req.ifname),
-                                cidrs or None)
+                                cidrs or None, lambda: _leased(req, cfg))
         if cfg.macspoofchk:
             _macspoofchk("teardown", req.container_id, req.ifname)
-    except BaseException:
-        if call is not None:
-            try:
-                call.wait()  # the lease goes all the same; our own error is the one to report
-            except CNIError:
-                pass
-        raise
-    if call is not None:
-        call.wait()
+    except Exception as e:
+        error = e
+    if cfg.ipam_type:
+        try:
+            ipam.run(cfg.ipam_type, "DEL", req)
+        except CNIError:
+            if error is None:
+                raise
+    if error is not None:
+        raise error
+
+
+def _leased(req: Request, cfg: BridgeConfig) -> list[str] | None:
+    """The attachment's addresses as host-local's store has them (before its DEL)."""
+    leases = ipam.host_local_leases(req, cfg.ipam_type)
+    if leases is None:
+        return None
+    mine = [ip for ip, cid, ifname in leases
+            if cid == req.container_id.strip() and ifname in (req.ifname, None)]
+    return mine or None
 
 
 def collect(req: Request, cfg: BridgeConfig, attachments: set[tuple[str, str]]) -> None:
@@ -258,7 +269,7 @@ def collect(req: Request, cfg: BridgeConfig, attachments: set[tuple[str, str]]) 
     from .nfnetlink import NfTables
     errors: list[Exception] = []
     try:
-        masquerade.gc(req.network, attachments)
+        masquerade.gc(req.network, attachments, ipam.host_local_leases(req, cfg.ipam_type))
     except masquerade.MasqueradeError as e:
         errors.append(e)
     with Netlink() as nl:

@@ -168,3 +168,21 @@ def start(plugin: str, command: str, req: Request) -> IPAMCall:
 
 def run(plugin: str, command: str, req: Request) -> dict | None:
     return IPAMCall(plugin, command, req).wait()
+
+
+def host_local_leases(req: Request, plugin: str) -> list[tuple[str, str, str | None]] | None:
+    """The network's leases in host-local's store, (address, container ID, ifname or None),
+    read under its lock: ours and the Go host-local's share that format, so this is what the
+    IPAM plugin holds, whichever of them it is. None when the IPAM plugin is not host-local or
+    its store cannot be read. The bridge asks when it must know an attachment's addresses and
+    neither the pod's interface nor prevResult tells (a DEL without netns, GC)."""
+    if plugin != "host-local":
+        return None
+    try:
+        from host_local_ipam.config import IPAMConfig
+        from host_local_ipam.store import DiskStore
+        store = DiskStore(IPAMConfig(req).data_dir, req.network, create=False)
+        with store.lock():
+            return store.leases()
+    except (CNIError, OSError):
+        return None

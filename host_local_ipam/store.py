@@ -156,9 +156,14 @@ class _Lock:
 
 
 class DiskStore:
-    def __init__(self, data_dir: str, network: str) -> None:
+    def __init__(self, data_dir: str, network: str, create: bool = True) -> None:
+        """`create` False: for reading only (the bridge looking up a lease), the directory
+        must exist already (FileNotFoundError otherwise)."""
         self.dir = _join(data_dir, network)
-        _makedirs(self.dir, 0o755)
+        if create:
+            _makedirs(self.dir, 0o755)
+        elif not stat.S_ISDIR(posix.stat(self.dir).st_mode):
+            raise NotADirectoryError(20, "Not a directory", self.dir)
         self._lock = _Lock(_join(self.dir, LOCK_NAME))
 
     def lock(self) -> _Lock:

@@ -1109,18 +1109,31 @@ def test_check_fails_when_the_masquerade_rules_are_gone(node, keys, iptables, ba
     assert err["code"] == 103 and "ipMasq" in err["msg"] and backend in err["msg"], err
 
 
+@pytest.mark.parametrize("how", ["DEL with netns", "DEL without netns or prevResult", "GC"])
 @pytest.mark.parametrize("keys,iptables,backend", BACKENDS)
-def test_del_of_one_of_two_attachments_keeps_the_others_masquerade(node, keys, iptables, backend):
+def test_removing_one_of_two_attachments_keeps_the_others_masquerade(node, keys, iptables,
+                                                                     backend, how):
     """A container with eth0 and eth1 on one network: the iptables chain is named after the
-    network and the container ID, so both attachments share it; DEL of eth1 must not take
-    eth0's masquerade with it (the Go plugins flush the shared chain, then fail "busy")."""
+    network and the container ID, so both attachments share it; removing eth1 (by its DEL, also
+    one that names no netns and carries no prevResult, or by GC) must not take eth0's
+    masquerade with it (the Go plugins flush the shared chain, then fail "busy")."""
     ext = _external_host(node)
-    conf = node.conf(isDefaultGateway=True, ipMasq=True, **keys)
+    conf = node.conf("1.1.0", isDefaultGateway=True, ipMasq=True, **keys)
     pod = node.pod()
     r0 = node.add(conf, pod, cid="c1", ifname="eth0", iptables=iptables)
     r1 = node.add(dict(conf, isDefaultGateway=False, isGateway=True), pod, cid="c1",
                   ifname="eth1", iptables=iptables)
-    node.cni("DEL", conf, pod, cid="c1", ifname="eth1", prev=r1, iptables=iptables).ok()
+    assert masq_lines(node, backend, pod_ip(r1) + " ", pod_ip(r1) + "/")
+    if how == "DEL with netns":
+        node.cni("DEL", conf, pod, cid="c1", ifname="eth1", prev=r1, iptables=iptables).ok()
+    elif how == "GC":
+        valid = [{"containerID": "c1", "ifname": "eth0"}]
+        node.cni("GC", dict(conf, **{"cni.dev/valid-attachments": valid}), iptables=iptables).ok()
+        sh(IP, "-n", pod, "link", "del", "eth1")  # what the runtime removes itself
+    else:
+        node.cni("DEL", conf, pod, cid="c1", ifname="eth1", netns="", iptables=iptables).ok()
+        sh(IP, "-n", pod, "link", "del", "eth1")
+    assert node.leases() == {pod_ip(r0): "c1\r\neth0"}
     node.cni("CHECK", conf, pod, cid="c1", ifname="eth0", prev=r0, iptables=iptables).ok()
     assert masq_lines(node, backend, pod_ip(r1) + " ", pod_ip(r1) + "/") == []
     assert ping(pod, EXT_IP, count=2)  # still masqueraded: the external host cannot route pods

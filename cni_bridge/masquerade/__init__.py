@@ -10,7 +10,7 @@ Go plugins' DEL removes ours and ours theirs. The verbs see only this interface:
 
     choose(setting)                  the backend ADD writes to (selection.py), checked up front
     setup(backend, attachment, cidrs)
-    teardown(attachment, cidrs)      in every backend the host can use; cidrs None: not known
+    teardown(attachment, cidrs, lookup)  in every backend; cidrs None: ask lookup() if needed
     missing(backend, attachment, cidrs)  what CHECK finds absent
     gc(network, valid attachments)   in every backend
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only; typing is never imported at run time
+    from collections.abc import Callable
+
     from .addresses import PodAddress
 
 
@@ -108,17 +110,27 @@ def setup(backend: str, att: Attachment, cidrs: list[str]) -> None:
         raise _nft_error(backend, e) from None
 
 
-def teardown(att: Attachment, cidrs: list[str] | None) -> None:
-    """Remove the attachment's rules from every backend that holds any; with `cidrs` None
-    (no netns, no prevResult, no lease: the addresses are not known) the iptables backends
-    remove every jump of the container's chain, as the reference does."""
+def teardown(att: Attachment, cidrs: list[str] | None,
+             lookup: Callable[[], list[str] | None] | None = None) -> None:
+    """Remove the attachment's rules from every backend that holds any.
+
+    The iptables backends share one chain among a container's interfaces on the network and
+    tell this attachment's jumps by their source addresses: `cidrs`, else what `lookup()`
+    finds (host-local's lease), asked only once a chain of the container turns out to exist.
+    When neither knows (no netns, no prevResult, no lease), every jump of the chain goes, as in
+    the reference."""
     from . import legacy
     from .. import nfnetlink as nf
 
-    addresses = None if cidrs is None else _addresses(cidrs)
+    known: list = []
 
-    def of(family: int) -> list[PodAddress] | None:
-        return None if addresses is None else [a for a in addresses if a.family == family]
+    def of(family: int) -> Callable[[], list[PodAddress] | None]:
+        def addresses() -> list[PodAddress] | None:
+            if not known:
+                found = cidrs if cidrs is not None else lookup() if lookup else None
+                known.append(None if found is None else _addresses(found))
+            return None if known[0] is None else [a for a in known[0] if a.family == family]
+        return addresses
 
     errors = []
     for family in (4, 6):
@@ -146,6 +158,27 @@ def teardown(att: Attachment, cidrs: list[str] | None) -> None:
         raise MasqueradeError("; ".join(errors))
 
 
+def _valid_sources(container_id: str, valid: set[tuple[str, str]],
+                   leases: list[tuple[str, str, str | None]] | None) -> set[bytes] | None:
+    """The packed addresses the container's valid attachments hold, or None if a valid
+    attachment of it holds no lease (then nothing tells which jumps are whose)."""
+    if leases is None:
+        return None
+    from .addresses import PodAddress
+
+    ifnames = {ifname for cid, ifname in valid if cid == container_id}
+    held: dict[str, list[str]] = {}
+    for ip, cid, ifname in leases:
+        if cid == container_id and ifname in ifnames:
+            held.setdefault(ifname, []).append(ip)
+    if set(held) != ifnames:
+        return None
+    try:
+        return {PodAddress(ip).packed for ips in held.values() for ip in ips}
+    except ValueError:
+        return None
+
+
 def missing(backend: str, att: Attachment, cidrs: list[str]) -> list[str]:
     """What of the attachment's rules `backend` lacks (CHECK): empty when all are there."""
     addresses = _addresses(cidrs)
@@ -170,13 +203,20 @@ def missing(backend: str, att: Attachment, cidrs: list[str]) -> list[str]:
         raise _nft_error(backend, e) from None
 
 
-def gc(network: str, valid: set[tuple[str, str]]) -> None:
+def gc(network: str, valid: set[tuple[str, str]],
+       leases: list[tuple[str, str, str | None]] | None = None) -> None:
     """Remove the network's rules of attachments not in `valid` ((container ID, ifname)
-    pairs), in every backend. Best effort: every backend is tried, the errors are joined."""
+    pairs), in every backend. Best effort: every backend is tried, the errors are joined.
+
+    `leases` (host-local's, (address, container ID, ifname)) tell the iptables backends which
+    jumps of a shared chain belong to valid attachments: a container whose every valid
+    attachment holds a lease keeps only those addresses' jumps. Without them a valid
+    container's chain is kept whole."""
     from . import legacy, naming
     from .. import nfnetlink as nf
 
-    keep = {naming.iptables_chain(network, container_id) for container_id, _ in valid}
+    keep = {naming.iptables_chain(network, cid): _valid_sources(cid, valid, leases)
+            for cid, _ in valid}
     errors = []
     for family in (4, 6):
         try:

@@ -28,6 +28,10 @@ from .. import nfnetlink as nf
 from . import naming
 from .addresses import PodAddress, contains, prefix_network
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only; typing is never imported at run time
+    from collections.abc import Callable
+
 NAME = naming.IPTABLES_NFT
 TABLE = "nat"
 POSTROUTING = "POSTROUTING"
@@ -146,17 +150,19 @@ def setup(nft: nf.NfTables, family: int, network: str, container_id: str,
 
 
 def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
-             addresses: list[PodAddress] | None) -> bool:
+             addresses_of: Callable[[], list[PodAddress] | None]) -> bool:
     """Remove the attachment's POSTROUTING jumps, and its chain once no jump uses it.
 
     The chain is the container's on this network, shared by all its interfaces there; a jump
-    is one address's. With `addresses` None (not known) every jump goes, as in the reference.
-    Returns whether anything was there.
+    is one address's. `addresses_of()`, asked only if the chain exists, gives the attachment's
+    addresses; None (not known): every jump goes, as in the reference. Returns whether
+    anything was there.
     """
     fam = _FAMILY[family]
     chain = naming.iptables_chain(network, container_id)
     if not has_chain(nft, family, chain):
         return False
+    addresses = addresses_of()
 
     def build() -> nf.Batch:
         batch = nf.Batch()
@@ -193,8 +199,11 @@ def missing(nft: nf.NfTables, family: int, network: str, container_id: str,
     return gaps
 
 
-def gc(nft: nf.NfTables, family: int, network: str, keep: set[str]) -> list[str]:
-    """Remove the network's chains whose name is not in `keep`; return their names.
+def gc(nft: nf.NfTables, family: int, network: str,
+       keep: dict[str, set[bytes] | None]) -> list[str]:
+    """Remove the network's chains whose name is not in `keep`, and of the others the jumps
+    whose source is not in their set of kept addresses (None: keep every jump); return the
+    names of the chains removed.
 
     A chain is the network's when it has our shape and its first rule's comment starts with
     `name: "<network>" id: "`: no need to read the ID back, which iptables may have cut."""
@@ -210,8 +219,8 @@ def gc(nft: nf.NfTables, family: int, network: str, keep: set[str]) -> list[str]
                 if rules and rules[0].comment is not None and rules[0].comment.startswith(prefix):
                     victims.append(c.name)
         batch = nf.Batch()
-        for r in _rules(nft, family, POSTROUTING) if victims else []:
-            if r.target in victims:
+        for r in _rules(nft, family, POSTROUTING) if victims or any(keep.values()) else []:
+            if r.target in victims or _stale_jump(r.target, r.src, family, keep):
                 batch.delete_rule(r.rule)
         for chain in victims:
             batch.flush_chain(fam, TABLE, chain)
@@ -220,6 +229,14 @@ def gc(nft: nf.NfTables, family: int, network: str, keep: set[str]) -> list[str]
 
     nft.transact(build, f"ipMasq ({NAME}): collect the stale chains of {network}")
     return victims
+
+
+def _stale_jump(chain: str | None, src: tuple[bytes, int] | None, family: int,
+                keep: dict[str, set[bytes] | None]) -> bool:
+    """A jump to a kept chain from a host address that no valid attachment holds."""
+    sources = keep.get(chain) if chain else None
+    bits = 32 if family == 4 else 128
+    return sources is not None and src is not None and src[1] == bits and src[0] not in sources
 
 
 def _table_name(family: int) -> str:

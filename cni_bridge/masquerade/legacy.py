@@ -366,12 +366,13 @@ def setup(family: int, network: str, container_id: str, addresses: list[PodAddre
 
 
 def teardown(family: int, network: str, container_id: str,
-             addresses: list[PodAddress] | None) -> bool:
+             addresses_of: Callable[[], list[PodAddress] | None]) -> bool:
     """Remove the attachment's POSTROUTING jumps, and its chain once no jump uses it (see
     iptables_nft.teardown). Returns whether anything was there."""
     chain = naming.iptables_chain(network, container_id)
     if chain not in user_chains(family):
         return False
+    addresses = addresses_of()
 
     def work(nat: _Nat) -> bool:
         if not nat.has_chain(chain):
@@ -414,11 +415,15 @@ def missing(family: int, network: str, container_id: str,
     return gaps
 
 
-def gc(family: int, network: str, keep: set[str]) -> list[str]:
-    """Remove the network's chains whose name is not in `keep` (see iptables_nft.gc)."""
-    candidates = {c for c in user_chains(family)
-                  if naming.is_iptables_chain_name(c) and c not in keep}
-    if not candidates:
+def gc(family: int, network: str, keep: dict[str, set[bytes] | None]) -> list[str]:
+    """Remove the network's chains whose name is not in `keep`, and stale jumps of the kept
+    ones (see iptables_nft.gc)."""
+    from .iptables_nft import _stale_jump
+
+    chains = user_chains(family)
+    candidates = {c for c in chains if naming.is_iptables_chain_name(c) and c not in keep}
+    if not candidates and not any(sources is not None and chain in chains
+                                  for chain, sources in keep.items()):
         return []
     prefix = naming.iptables_comment(network, "")[:-1]
     victims: set[str] = set()
@@ -430,14 +435,13 @@ def gc(family: int, network: str, keep: set[str]) -> list[str]:
             comment = nat.comment(entries[0]) if entries else None
             if comment is not None and comment.startswith(prefix):
                 victims.add(chain)
-        if not victims:
-            return False
-        jumps = [e for e in nat.entries("POSTROUTING") if nat.target_of(e) in victims]
+        jumps = [e for e in nat.entries("POSTROUTING") if nat.target_of(e) in victims
+                 or _stale_jump(nat.target_of(e), nat.source(e), family, keep)]
         if jumps:
             nat.delete("POSTROUTING", jumps)
         for chain in sorted(victims):
             nat.remove_chain(chain)
-        return True
+        return bool(victims or jumps)
 
     _in_nat_table(family, work)
     return sorted(victims)
