@@ -4,10 +4,11 @@ CNI_*-only environment, the conf on stdin) in namespaces made here.
 
 The catalogue covers every CNI_* variable (missing, empty, huge, non-UTF-8; CNI_NETNS naming
 a FIFO, a directory, a regular file, the node's own netns), every conf key of both plugins
-(REFERENCE.md 1.1 and 1.2) with wrong types and extreme values, IPAM answers and prevResult
-shapes, GC attachment lists, and truncated, invalid and huge stdin. Each entry becomes one case
-with a plugin, verb, cniVersion and ipMasq drawn with a fixed seed (CNI_FUZZ_SEED; CNI_FUZZ_CASES
-adds random pairs of mutations for a longer local run). An ADD is followed as a runtime follows
+(REFERENCE.md 1.1 and 1.2) with wrong types and extreme values, IPAM answers of every shape
+(from an IPAM plugin of ours that answers what the conf tells it), prevResult shapes, GC
+attachment lists, and truncated, invalid and huge stdin. Each entry becomes one case with a
+plugin, verb, cniVersion and ipMasq drawn with a fixed seed (CNI_FUZZ_SEED; CNI_FUZZ_CASES adds
+random pairs of mutations for a longer local run). An ADD is followed as a runtime follows
 it: CHECK and DEL with the same input and its result as prevResult, or DEL when it failed;
 DEL, CHECK and GC are tried against an attachment that a valid ADD made first. Every case checks:
 
@@ -17,9 +18,13 @@ DEL, CHECK and GC are tried against an attachment that a valid ADD made first. E
 - an exit 0 prints what the verb should: a result for ADD (in the conf's cniVersion), version
   info for VERSION, nothing for DEL, CHECK, GC and STATUS; CHECK and DEL of what an ADD just
   made succeed; GC keeps the leases of the attachments it is told are valid;
+- where the spec (or CNI's CONVENTIONS.md) leaves no choice, the fuzzed call ends in what it
+  says: code 4 for a bad CNI_* variable, 6 for undecodable stdin, 1 for an unsupported
+  version, 7 for a malformed GC list, 8 for the plugin's own netns as CNI_NETNS, success for
+  a DEL without a netns;
 - a failed ADD leaves nothing behind, and after the case's DEL the node netns (links other
-  than the bridges the confs name, CNI- chains in the legacy nat table), the pod netns and the
-  dataDir (lease files) hold nothing of it;
+  than the bridges the confs name; a pod's masquerade and macspoofchk rules in the legacy nat
+  tables and in nf_tables), the pod netns and the dataDir (lease files) hold nothing of it;
 - nothing is written outside the dataDir the conf names: the sandbox's other files, the
   plugins' cwd and the root netns's links are unchanged, and at the end its firewall rules.
 
@@ -66,6 +71,13 @@ DEFAULT_DATA_DIR = Path("/var/lib/cni/networks")
 VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 BOOKKEEPING = ("lock", "last_reserved_ip.")
+# The node netns's firewall: every nf_tables table (iptables-nft, nftables, macspoofchk), and
+# the legacy nat tables when they exist (dumping one that does not would create it).
+FIREWALL_DUMP = "nft list ruleset 2>/dev/null;"
+LEGACY_NAT_DUMP = "iptables-legacy-save -t nat; ip6tables-legacy-save -t nat"
+# What marks a pod's own rules in them: the iptables chains CNI-<hash> (legacy, iptables-nft),
+# the nftables masquerade rules, the macspoofchk chains and rules (REFERENCE.md 7).
+ATTACHMENT_RULES = ("CNI-", "masquerade comment", "macspoofchk-", "cni-br-iface-")
 BOTH = ("bridge", "host-local")
 REJECTED_INPUT = (1, 2, 4, 6, 7)  # a DEL of an input an ADD refused with these refuses it too
 OUTSIDE_PATHS = ("/nonexistent",)  # named by mutations, must never come to exist
@@ -688,6 +700,7 @@ class Node:
         }
         self.watched = [fixtures, self.bin, self.cwd / "bin-rel", self.cwd / "relative"]
         self.baseline = self.snapshot()
+        self.firewall_used = False  # the last residue() saw nf_tables or legacy nat rules
 
     def _netns(self, name: str) -> Netns:
         ns = Netns(name)
@@ -720,17 +733,19 @@ class Node:
     def residue(self, bridges: set[str] | None) -> list[str]:
         """What the node, the pod and the dataDirs hold of a case that is over. A bridge (and
         its VLAN interfaces, <bridge>.<vlan>) stays, as in the reference, if a conf of the
-        case named it. bridges=None: a host-local case, which never enters a netns."""
+        case named it; so do the nftables masquerade table and its shared chains, but no
+        line of ATTACHMENT_RULES. bridges=None: a host-local case, which never enters a
+        netns."""
         found = []
         if bridges is not None:
             found += [f"node netns: link {name!r}" for name in self.node.links()
                       if name != "lo" and name.split(".")[0] not in bridges]
             found += [f"pod netns: link {name!r}" for name in self.pod.links() if name != "lo"]
-            if self.node.has_nat_table():
-                nat = sh(IP, "netns", "exec", self.node.name, "sh", "-c",
-                         "iptables-legacy-save -t nat; ip6tables-legacy-save -t nat").stdout
-                found += [f"node netns nat table: {line}" for line in nat.splitlines()
-                          if "CNI-" in line]
+            rules = sh(IP, "netns", "exec", self.node.name, "sh", "-c", FIREWALL_DUMP
+                       + (LEGACY_NAT_DUMP if self.node.has_nat_table() else "")).stdout
+            self.firewall_used = bool(rules.strip())
+            found += [f"node netns firewall: {line.strip()}" for line in rules.splitlines()
+                      if any(mark in line for mark in ATTACHMENT_RULES)]
         for root in self.data_roots():
             for path in _walk_files(root):
                 if not path.name.startswith(BOOKKEEPING):
@@ -753,8 +768,11 @@ class Node:
                 + [f"cwd: new entry {e!r}" for e in extra] + [f"created {p}" for p in made])
 
     def reset(self) -> None:
-        """A clean node for the next case: netns with only lo and no nat table (made anew:
+        """A clean node for the next case: netns with only lo and no firewall (made anew:
         cheaper and surer than deleting what a case left), empty dataDirs."""
+        if self.firewall_used:
+            self.node.renew()
+            self.firewall_used = False
         for ns in (self.node, self.pod):
             if ns.links() != ["lo"] or ns.has_nat_table():
                 ns.renew()
