@@ -8,7 +8,7 @@ from cni_protocol.errors import CHECK_FAILED, CNIError
 from cni_protocol.request import Request
 from . import links
 from .config import BridgeConfig
-from .netlink import AF_INET, AF_INET6, Link, Netlink
+from .netlink import AF_INET, AF_INET6, RT_TABLE_MAIN, Link, Netlink
 
 
 def _fail(msg: str) -> CNIError:
@@ -102,13 +102,14 @@ def _check_ips(nl: Netlink, pod: Link, ips: list) -> None:
 
 
 def _check_routes(nl: Netlink, routes: list) -> None:
-    tables = {}
+    tables: dict[int, list] = {}
     for route in routes:
         dst, _, prefixlen = route.get("dst", "").partition("/")
         family = AF_INET6 if ":" in dst else AF_INET
         if family not in tables:
-            tables[family] = nl.list_routes(family)
-        found = any(r.dst == dst and str(r.prefixlen) == prefixlen
+            tables[family] = nl.list_routes(family, table=None)  # a route may name its table
+        table = route.get("table") or RT_TABLE_MAIN
+        found = any(r.dst == dst and str(r.prefixlen) == prefixlen and r.table == table
                     and (not route.get("gw") or r.gw == route["gw"]) for r in tables[family])
         if not found:
             raise _fail(f"Failed to find expected route {route.get('dst')} via "

@@ -140,6 +140,13 @@ def _dns_override(dns: object) -> dict:
         return {}
     if not isinstance(dns, dict):
         raise config_error("dns", "must be an object", dns)
+    for key in ("nameservers", "search", "options"):
+        value = dns.get(key)
+        if value is not None and not (isinstance(value, list)
+                                      and all(isinstance(v, str) for v in value)):
+            raise config_error(f"dns.{key}", "must be a list of strings", value)
+    if dns.get("domain") is not None and not isinstance(dns["domain"], str):
+        raise config_error("dns.domain", "must be a string", dns["domain"])
     return {k: dns[k] for k in ("nameservers", "domain", "search", "options") if dns.get(k)}
 
 

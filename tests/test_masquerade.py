@@ -182,8 +182,10 @@ def iptables_save(ns: str, backend: str, family: int = 4) -> list[str]:
     tool = {"legacy": "iptables-legacy-save", "iptables-nft": "iptables-nft-save"}[backend]
     tool = tool if family == 4 else "ip6" + tool[2:]
     out = _exec(ns, tool, "-t", "nat").stdout
-    # Chain counters count whatever the netns sent meanwhile (an IPv6 router solicitation of a
-    # new link, say): the rules are what is compared.
+    # Chain counters count whatever the netns sent meanwhile: a new bridge resends its IGMPv3
+    # report within a second, and once a nat table exists (conntrack runs) that report is
+    # counted in OUTPUT and POSTROUTING, at a random moment (issue 10, item 17). The rules are
+    # what is compared.
     return [re.sub(r" \[\d+:\d+\]$", " [0:0]", line) for line in out.splitlines()
             if not line.startswith("#")]
 
