@@ -1,13 +1,12 @@
-"""Attaching a pod to the bridge and detaching it: the netlink, sysctl and netfilter work of
-ADD and DEL (and GC's sweep), in the reference's order. Everything ADD creates is undone if a
-later step fails.
+"""Attaching a pod to the bridge: the netlink, sysctl and netfilter work of ADD, in the
+reference's order. Everything ADD creates is undone if a later step fails. (DEL and GC are in
+detach.py: they need little of this, and every call pays for its imports.)
 """
 from __future__ import annotations
 
 from cni_protocol.errors import BRIDGE_FAILURE, CNIError, INVALID_CONFIG, INVALID_ENV
 from cni_protocol.ip import fmt, network, parse_cidr
 from cni_protocol.request import Request
-from cni_protocol.result import upgrade
 from . import addrs, ipam, links, netns
 from .config import BridgeConfig
 from .netlink import AF_INET, AF_INET6, Netlink, NotFound
@@ -58,8 +57,9 @@ def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, backend: str | None
     host, pod = _setup_veth(req, cfg, nl, bridge.index)
     undo.push(lambda: _delete_link(nl, host.index))
     if cfg.macspoofchk:
-        undo.push(lambda: _macspoofchk("teardown", req.container_id, req.ifname))
-        _macspoofchk("setup", req.container_id, req.ifname, host.name, pod.mac)
+        from . import macspoofchk
+        undo.push(lambda: macspoofchk.remove(req.container_id, req.ifname))
+        macspoofchk.add(req.container_id, req.ifname, host.name, pod.mac)
     result = {"interfaces": [{"name": bridge.name, "mac": bridge.mac},
                              {"name": host.name, "mac": host.mac},
                              {"name": req.ifname, "mac": pod.mac, "sandbox": req.netns}]}
@@ -210,95 +210,3 @@ def _delete_link(nl: Netlink, index: int) -> None:
         nl.delete_link(index)
     except NotFound:
         pass
-
-
-def _macspoofchk(step: str, *args: str) -> None:
-    """macspoofchk.setup/teardown on a socket of its own (nf_tables, bridge family)."""
-    from . import macspoofchk
-    from .nfnetlink import NfTables
-    try:
-        with NfTables() as nft:
-            getattr(macspoofchk, step)(nft, *args)
-    except OSError as e:
-        raise macspoofchk.MacSpoofCheckError(f"macspoofchk: {e}") from None
-
-
-def delete(req: Request, cfg: BridgeConfig) -> None:
-    """DEL, idempotent: whatever is already gone is skipped. The pod's interface goes first,
-    then its masquerade rules and MAC check, then the lease, so that the address is not handed
-    out again while the pod or a rule still holds it. With no netns (containerd's ctr, the
-    second DEL of every pod) the rules still go, found by the attachment's names, which the
-    reference does not do (its issue #810); when nothing is left, finding that out is a few
-    netlink queries. The lease goes even if removing a rule failed: that error is reported."""
-    pod_addrs = links.del_pod_link(req.netns, req.ifname) if req.netns else []
-    error = None
-    try:
-        if cfg.ip_masq and cfg.ipam_type:
-            from . import masquerade
-            cidrs = [a.cidr for a in pod_addrs] or _prev_ips(req)
-            masquerade.teardown(masquerade.Attachment(req.network, req.container_id, req.ifname),
-                                cidrs or None, lambda: _leased(req, cfg))
-        if cfg.macspoofchk:
-            _macspoofchk("teardown", req.container_id, req.ifname)
-    except Exception as e:
-        error = e
-    if cfg.ipam_type:
-        try:
-            ipam.run(cfg.ipam_type, "DEL", req)
-        except CNIError:
-            if error is None:
-                raise
-    if error is not None:
-        raise error
-
-
-def _leased(req: Request, cfg: BridgeConfig) -> list[str] | None:
-    """The attachment's addresses as host-local's store has them (before its DEL)."""
-    leases = ipam.host_local_leases(req, cfg.ipam_type)
-    if leases is None:
-        return None
-    mine = [ip for ip, cid, ifname in leases
-            if cid == req.container_id.strip() and ifname in (req.ifname, None)]
-    return mine or None
-
-
-def collect(req: Request, cfg: BridgeConfig, attachments: set[tuple[str, str]]) -> None:
-    """GC's sweep: the network's masquerade rules in every backend and the MAC checks of
-    attachments that are not in `attachments`. Both run; the first error is raised."""
-    from . import macspoofchk, masquerade
-    from .nfnetlink import NfTables
-    errors: list[Exception] = []
-    try:
-        masquerade.gc(req.network, attachments, ipam.host_local_leases(req, cfg.ipam_type))
-    except masquerade.MasqueradeError as e:
-        errors.append(e)
-    with Netlink() as nl:
-        bridge = nl.get_link(cfg.bridge)
-
-        def is_ours(veth: str) -> bool:
-            """A MAC check is this network's if its veth is gone or a port of our bridge."""
-            link = nl.get_link(veth) if veth else None
-            return link is None or (bridge is not None and link.master == bridge.index)
-
-        try:
-            nft = NfTables()
-        except OSError:
-            nft = None  # no nf_tables in this kernel: no MAC check can exist
-        if nft is not None:
-            with nft:
-                try:
-                    macspoofchk.gc(nft, attachments, is_ours)
-                except (OSError, macspoofchk.MacSpoofCheckError) as e:
-                    errors.append(e)
-    if errors:
-        raise errors[0]
-
-
-def _prev_ips(req: Request) -> list[str]:
-    prev = req.conf.get("prevResult")
-    if not isinstance(prev, dict):
-        return []
-    try:
-        return [ip["address"] for ip in upgrade(prev).get("ips", [])]
-    except (CNIError, KeyError, TypeError):
-        return []

@@ -27,7 +27,6 @@ import posix  # not os, as in cni_protocol.skel
 from cni_protocol import jsonio
 from cni_protocol.errors import CNIError, DECODE_FAILURE, INVALID_CONFIG
 from cni_protocol.request import Request
-from cni_protocol.result import InvalidResult, parse
 
 DELEGATE_MARK = "CNI_PYTHON_BRIDGE_DELEGATE"
 IN_PROCESS = ("host-local", "host_local_ipam.plugin")  # (plugin, its module of verbs)
@@ -123,6 +122,7 @@ class IPAMCall:
             raise self._error(status, output)
         if self.command != "ADD":
             return None
+        from cni_protocol.result import InvalidResult, parse  # only ADD answers a result
         try:
             return parse(jsonio.loads(output))
         except (ValueError, InvalidResult) as e:

@@ -53,6 +53,24 @@ def _prerouting_rules(nft: nf.NfTables, comment: bytes) -> list[nf.Rule]:
             if r.comment == comment]
 
 
+def add(container_id: str, ifname: str, host_veth: str, mac: str) -> None:
+    """`setup` on a socket of its own (ADD)."""
+    _on_own_socket(setup, container_id, ifname, host_veth, mac)
+
+
+def remove(container_id: str, ifname: str) -> None:
+    """`teardown` on a socket of its own (DEL, and a failed ADD's undo)."""
+    _on_own_socket(teardown, container_id, ifname)
+
+
+def _on_own_socket(step, *args: str) -> None:
+    try:
+        with nf.NfTables() as nft:
+            step(nft, *args)
+    except OSError as e:
+        raise MacSpoofCheckError(f"macspoofchk: {e}") from None
+
+
 def setup(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str, mac: str) -> None:
     """Table, base chain and the attachment's two chains (created if missing), and their rules
     (replacing any from an earlier ADD of the same attachment): one transaction."""

@@ -424,8 +424,14 @@ class NfTables(NetlinkSocket):
         chains = [Chain(body) for body in replies if body[0] == family]
         return [c for c in chains if c.table == table]
 
-    def list_rules(self, family: int, table: str, chain: str | None = None) -> list[Rule]:
-        """The rules of one chain (or of the whole table), in order; [] when it is missing."""
+    def list_rules(self, family: int, table: str, chain: str | None = None,
+                   containing: bytes | None = None) -> list[Rule]:
+        """The rules of one chain (or of the whole table), in order; [] when it is missing.
+
+        `containing`: only rules whose message holds these bytes (a chain they jump to, a
+        comment's prefix). The kernel cannot filter rules by content, and decoding one costs
+        ~0.1 ms in Python, so that a node's POSTROUTING of 100 pods' jumps is looked through
+        with a substring search before anything is decoded."""
         body = _NFGENMSG.pack(family, 0, 0) + _string(NFTA_RULE_TABLE, table)
         if chain is not None:
             body += _string(NFTA_RULE_CHAIN, chain)
@@ -433,7 +439,8 @@ class NfTables(NetlinkSocket):
             replies = self._dump_all(NFT_MSG_GETRULE, body, f"list rules of {table} {chain or ''}")
         except NotFound:
             return []
-        rules = [Rule(r) for r in replies if r[0] == family]
+        rules = [Rule(r) for r in replies
+                 if r[0] == family and (containing is None or containing in r)]
         return [r for r in rules if r.table == table and (chain is None or r.chain == chain)]
 
     def transact(self, build, what: str, attempts: int = 3) -> Batch:

@@ -3,8 +3,8 @@
 Each verb reads the conf, refuses what it cannot do before touching anything (a masquerade
 backend the host cannot use included), starts its IPAM delegate and only then imports the
 modules that do its work, so the IPAM plugin runs meanwhile. The work itself is in attach
-(ADD, DEL, GC) and check (CHECK); masquerade does ipMasq in whichever backend, macspoofchk
-the MAC check.
+(ADD), detach (DEL, GC) and check (CHECK); masquerade does ipMasq in whichever backend,
+macspoofchk the MAC check.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import errno
 from cni_protocol.errors import (BRIDGE_FAILURE, CNIError, INVALID_CONFIG, INVALID_ENV,
                                  INVALID_NETNS, IO_FAILURE, TRY_AGAIN_LATER)
 from cni_protocol.request import Request
-from cni_protocol.result import upgrade
 from . import ipam
 from .config import KNOWN_ARGS, BridgeConfig
 
@@ -37,7 +36,7 @@ def cmd_del(req: Request) -> None:
     cfg = BridgeConfig(req)
     _refuse_own_netns(req)
     try:
-        from .attach import delete
+        from .detach import delete
         delete(req, cfg)
     except Exception as e:
         raise _as_cni_error(e) from None
@@ -49,6 +48,7 @@ def cmd_check(req: Request) -> None:
     _refuse_own_netns(req)
     if not isinstance(req.conf.get("prevResult"), dict):
         raise CNIError(INVALID_CONFIG, "Required prevResult missing")
+    from cni_protocol.result import upgrade
     prev = upgrade(req.conf["prevResult"])
     backend = _masquerade_backend(cfg) if cfg.ip_masq and cfg.ipam_type else None
     call = ipam.start(cfg.ipam_type, "CHECK", req) if cfg.ipam_type else None
@@ -75,7 +75,7 @@ def cmd_gc(req: Request) -> None:
     cfg = BridgeConfig(req)
     attachments = req.valid_attachments()
     call = ipam.start(cfg.ipam_type, "GC", req) if cfg.ipam_type else None
-    from .attach import collect
+    from .detach import collect
     error = None
     try:
         collect(req, cfg, attachments)

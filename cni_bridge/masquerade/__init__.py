@@ -119,7 +119,7 @@ def teardown(att: Attachment, cidrs: list[str] | None,
     finds (host-local's lease), asked only once a chain of the container turns out to exist.
     When neither knows (no netns, no prevResult, no lease), every jump of the chain goes, as in
     the reference."""
-    from . import legacy
+    from . import naming
     from .. import nfnetlink as nf
 
     known: list = []
@@ -132,30 +132,58 @@ def teardown(att: Attachment, cidrs: list[str] | None,
             return None if known[0] is None else [a for a in known[0] if a.family == family]
         return addresses
 
+    # Each backend's module is imported only once the kernel says something may be there:
+    # the second DEL of every pod asks and imports no more than that.
     errors = []
     for family in (4, 6):
-        try:
-            legacy.teardown(family, att.network, att.container_id, of(family))
-        except MasqueradeError as e:
-            errors.append(str(e))
+        if legacy_nat_table_exists(family):
+            from . import legacy
+            try:
+                legacy.teardown(family, att.network, att.container_id, of(family))
+            except MasqueradeError as e:
+                errors.append(str(e))
     try:
         nft = nf.NfTables()
     except OSError:
         nft = None  # no nf_tables in this kernel: nothing of ours can be there
     if nft is not None:
-        from . import iptables_nft, nftables
+        chain = naming.iptables_chain(att.network, att.container_id)
         with nft:
-            for family in (4, 6):
+            for family, nf_family in ((4, nf.IPV4), (6, nf.IPV6)):
                 try:
-                    iptables_nft.teardown(nft, family, att.network, att.container_id, of(family))
+                    if nft.get_chain(nf_family, "nat", chain) is not None:
+                        from . import iptables_nft
+                        iptables_nft.teardown(nft, family, att.network, att.container_id,
+                                              of(family))
                 except OSError as e:
-                    errors.append(str(_nft_error(iptables_nft.NAME, e)))
+                    errors.append(str(_nft_error(naming.IPTABLES_NFT, e)))
             try:
-                nftables.teardown(nft, att.network, att.container_id, att.ifname)
+                if nft.has_table(nf.INET, naming.NFT_TABLE):
+                    from . import nftables
+                    nftables.teardown(nft, att.network, att.container_id, att.ifname)
             except OSError as e:
-                errors.append(str(_nft_error(nftables.NAME, e)))
+                errors.append(str(_nft_error(naming.NFTABLES, e)))
     if errors:
         raise MasqueradeError("; ".join(errors))
+
+
+def legacy_nat_table_exists(family: int) -> bool:
+    """Whether this netns has a legacy nat table for the family.
+
+    Read from /proc (per netns), so DEL/GC on a host without one neither loads libiptc nor
+    creates an empty legacy table as a side effect (asking the kernel for a table that was
+    never used creates it, and iptables-nft then warns "iptables-legacy tables present").
+    """
+    name = "ip_tables_names" if family == 4 else "ip6_tables_names"
+    for base in ("/proc/thread-self/net", "/proc/net"):  # thread-self: right netns even after a thread setns()
+        try:
+            with open(f"{base}/{name}", "rb") as f:
+                return b"nat" in f.read().split()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return True  # cannot tell: look for real
+    return False  # x_tables for this family is not loaded: no legacy tables at all
 
 
 def _valid_sources(container_id: str, valid: set[tuple[str, str]],

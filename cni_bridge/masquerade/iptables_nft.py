@@ -93,12 +93,15 @@ def _exprs(family: int, comment: str, target: bytes, src: tuple[bytes, int] | No
     return exprs + [_comment(comment), nf.counter(), target]
 
 
-def _rules(nft: nf.NfTables, family: int, chain: str) -> list[_Rule]:
-    return [_Rule(r, family) for r in nft.list_rules(_FAMILY[family], TABLE, chain)]
+def _rules(nft: nf.NfTables, family: int, chain: str,
+           containing: bytes | None = None) -> list[_Rule]:
+    return [_Rule(r, family) for r in nft.list_rules(_FAMILY[family], TABLE, chain, containing)]
 
 
 def _jumps(nft: nf.NfTables, family: int, chain: str) -> list[_Rule]:
-    return [r for r in _rules(nft, family, POSTROUTING) if r.target == chain]
+    """The POSTROUTING rules that jump to `chain` (only those are decoded)."""
+    return [r for r in _rules(nft, family, POSTROUTING, chain.encode() + b"\0")
+            if r.target == chain]
 
 
 def has_chain(nft: nf.NfTables, family: int, chain: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import posix  # not os (~2 ms to import): cni_protocol/skel.py
 import sys
 
-from . import error, naming
+from . import error, legacy_nat_table_exists as _nat_table_exists, naming
 from .addresses import PodAddress, contains
 
 TYPE_CHECKING = False
@@ -33,25 +33,6 @@ _LEVEL = {4: 0, 6: 41}  # SOL_IP, SOL_IPV6
 _GETINFO_SIZE = 84  # name[32], valid_hooks, hook_entry[5], underflow[5], num_entries, size
 _GET_ENTRIES_HEADER = 40  # name[32], size, then the entries, 8-byte aligned
 _TARGET_OFFSET = {4: 88, 6: 140}  # of ipt_entry.target_offset / ip6t_entry.target_offset
-
-
-def _nat_table_exists(family: int) -> bool:
-    """Whether this netns has a legacy nat table for the family.
-
-    Read from /proc (per netns), so DEL/GC on a host without one neither loads
-    libiptc nor creates an empty legacy table as a side effect (which would make
-    iptables-nft warn "iptables-legacy tables present").
-    """
-    name = "ip_tables_names" if family == 4 else "ip6_tables_names"
-    for base in ("/proc/thread-self/net", "/proc/net"):  # thread-self: right netns even after a thread setns()
-        try:
-            with open(f"{base}/{name}") as f:
-                return "nat" in f.read().split()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return True  # cannot tell: look for real
-    return False  # x_tables for this family is not loaded: no legacy tables at all
 
 
 _VERDICTS = ("", "ACCEPT", "DROP", "RETURN", "QUEUE")

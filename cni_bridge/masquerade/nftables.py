@@ -50,8 +50,10 @@ def _masq_rule(address: PodAddress) -> list[bytes]:
             + [nf.masquerade()])
 
 
-def _masq_rules(nft: nf.NfTables) -> list[nf.Rule]:
-    return nft.list_rules(nf.INET, naming.NFT_TABLE, naming.NFT_MASQ_CHAIN)
+def _masq_rules(nft: nf.NfTables, prefix: str | None = None) -> list[nf.Rule]:
+    """masq_checks' rules, only those whose message holds `prefix` (a comment's) if given."""
+    return nft.list_rules(nf.INET, naming.NFT_TABLE, naming.NFT_MASQ_CHAIN,
+                          prefix.encode() if prefix else None)
 
 
 def _postrouting_is_ours(rules: list[nf.Rule]) -> bool:
@@ -100,7 +102,7 @@ def setup(nft: nf.NfTables, network: str, container_id: str, ifname: str,
             batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
             for exprs in _postrouting_rules():
                 batch.add_rule(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, exprs)
-        for stale in _matching(_masq_rules(nft) if exists else [], prefix):
+        for stale in _matching(_masq_rules(nft, prefix) if exists else [], prefix):
             batch.delete_rule(stale)
         for address in addresses:
             batch.add_rule(nf.INET, table, naming.NFT_MASQ_CHAIN, _masq_rule(address), comment)
@@ -118,7 +120,7 @@ def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> 
 
     def build() -> nf.Batch:
         batch = nf.Batch()
-        for rule in _matching(_masq_rules(nft), prefix):
+        for rule in _matching(_masq_rules(nft, prefix), prefix):
             batch.delete_rule(rule)
         return batch
 
@@ -132,7 +134,8 @@ def missing(nft: nf.NfTables, network: str, container_id: str, ifname: str,
     if not table_exists(nft):
         return [f"table inet {naming.NFT_TABLE}"]
     comment = naming.nft_comment(network, ifname, container_id)
-    mine = [r for r in _masq_rules(nft) if r.comment == comment]
+    mine = [r for r in _masq_rules(nft, naming.nft_instance_prefix(network, ifname, container_id))
+            if r.comment == comment]
     gaps = []
     for address in addresses:
         sources = {(bytes(v.ljust(len(address.packed), b"\0")), p)
@@ -152,7 +155,8 @@ def gc(nft: nf.NfTables, network: str, valid: set[tuple[str, str]]) -> int:
 
     def build() -> nf.Batch:
         batch = nf.Batch()
-        for rule in _matching(_masq_rules(nft), naming.nft_network_prefix(network)):
+        network_prefix = naming.nft_network_prefix(network)
+        for rule in _matching(_masq_rules(nft, network_prefix), network_prefix):
             if rule.comment not in keep:
                 batch.delete_rule(rule)
         return batch
