@@ -82,15 +82,23 @@ def setup(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str, mac:
     table = naming.MACSPOOF_TABLE
 
     def build() -> nf.Batch:
+        # Only what is missing is declared (an update of an existing table or chain makes
+        # closing the socket wait for an RCU grace period, see masquerade/nftables.py); an
+        # earlier ADD's chains of this attachment are emptied, its jump replaced.
         batch = nf.Batch()
-        batch.add_table(nf.BRIDGE, table)
-        batch.add_chain(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN, hook=nf.HOOK_PREROUTING,
-                        priority=naming.MACSPOOF_PRIORITY, chain_type="filter")
-        batch.add_chain(nf.BRIDGE, table, chain)
-        batch.add_chain(nf.BRIDGE, table, mac_chain)
-        batch.flush_chain(nf.BRIDGE, table, chain)
-        batch.flush_chain(nf.BRIDGE, table, mac_chain)
-        if nft.has_table(nf.BRIDGE, table):
+        exists = nft.has_table(nf.BRIDGE, table)
+        if not exists:
+            batch.add_table(nf.BRIDGE, table)
+        if not exists or nft.get_chain(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN) is None:
+            batch.add_chain(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN,
+                            hook=nf.HOOK_PREROUTING, priority=naming.MACSPOOF_PRIORITY,
+                            chain_type="filter")
+        for name in (chain, mac_chain):
+            if exists and nft.get_chain(nf.BRIDGE, table, name) is not None:
+                batch.flush_chain(nf.BRIDGE, table, name)
+            else:
+                batch.add_chain(nf.BRIDGE, table, name)
+        if exists:
             for stale in _prerouting_rules(nft, comment.encode()):
                 batch.delete_rule(stale)
         batch.add_rule(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN,

@@ -83,23 +83,33 @@ def table_exists(nft: nf.NfTables) -> bool:
 def setup(nft: nf.NfTables, network: str, container_id: str, ifname: str,
           addresses: list[PodAddress]) -> None:
     """Table and chains if missing, postrouting's three rules if not already there, the
-    attachment's old rules replaced by one per address: one transaction."""
+    attachment's old rules replaced by one per address: one transaction, as the reference's
+    (which declares the table and chains every time; the result is the same)."""
     table = naming.NFT_TABLE
     prefix = naming.nft_instance_prefix(network, ifname, container_id)
     comment = naming.nft_comment(network, ifname, container_id)
 
     def build() -> nf.Batch:
+        # Only what is missing is declared: re-declaring an existing table or chain is an
+        # update, which makes the kernel free the transaction after an RCU grace period and
+        # makes closing our socket wait for it (~10 ms a call, measured).
         exists = table_exists(nft)
         batch = nf.Batch()
-        batch.add_table(nf.INET, table, comment=naming.NFT_TABLE_COMMENT)
-        batch.add_chain(nf.INET, table, naming.NFT_MASQ_CHAIN,
-                        comment=naming.NFT_MASQ_CHAIN_COMMENT)
-        batch.add_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, hook=nf.HOOK_POSTROUTING,
-                        priority=100, chain_type="nat")
+        if not exists:
+            batch.add_table(nf.INET, table, comment=naming.NFT_TABLE_COMMENT)
+        if not exists or nft.get_chain(nf.INET, table, naming.NFT_MASQ_CHAIN) is None:
+            batch.add_chain(nf.INET, table, naming.NFT_MASQ_CHAIN,
+                            comment=naming.NFT_MASQ_CHAIN_COMMENT)
+        has_postrouting = exists and nft.get_chain(nf.INET, table,
+                                                   naming.NFT_POSTROUTING_CHAIN) is not None
+        if not has_postrouting:
+            batch.add_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN,
+                            hook=nf.HOOK_POSTROUTING, priority=100, chain_type="nat")
         postrouting = (nft.list_rules(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
-                       if exists else [])
+                       if has_postrouting else [])
         if not _postrouting_is_ours(postrouting):
-            batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
+            if postrouting:
+                batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
             for exprs in _postrouting_rules():
                 batch.add_rule(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, exprs)
         for stale in _matching(_masq_rules(nft, prefix) if exists else [], prefix):
