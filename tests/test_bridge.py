@@ -788,6 +788,29 @@ def test_del_without_the_pod_netns_still_releases_everything(node, netns, with_p
     node.assert_no_trace()
 
 
+@pytest.mark.parametrize("verb", ["ADD", "CHECK", "DEL"])
+def test_cni_netns_naming_the_plugins_own_netns_is_refused_before_anything(node, verb):
+    """As libcni's skel: code 8 unless CNI_NETNS_OVERRIDE is 1 or true. An ADD there would put
+    the pod's end of the veth and its addresses into the node itself."""
+    pod = node.pod()
+    conf = node.conf(isGateway=True, ipMasq=True)
+    result = node.add(conf, pod)
+    before = (node.leases(), node.cni_rules(), [v["ifname"] for v in node.veths()],
+              node.pod_links(pod))
+    own = f"/run/netns/{node.ns}"
+    err = node.cni(verb, conf, pod, netns=own, prev=result if verb == "CHECK" else None).error
+    assert err["code"] == 8 and "should not be the same" in err["msg"], err
+    assert (node.leases(), node.cni_rules(), [v["ifname"] for v in node.veths()],
+            node.pod_links(pod)) == before
+    env = node.env(verb, pod, netns=own)
+    env["CNI_NETNS_OVERRIDE"] = "true"
+    proc = subprocess.run([IP, "netns", "exec", node.ns, str(node.bin / "bridge")], env=env,
+                          input=json.dumps(dict(conf, prevResult=result)), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert '"code": 8' not in proc.stdout, proc.stdout  # overridden: some other answer
+    node.cni("DEL", conf, pod, prev=result).ok()
+
+
 def test_del_keeps_the_lease_when_the_pod_interface_cannot_be_deleted(node, tmp_path):
     """The lease goes only after the pod's interface, as in the reference: otherwise the
     address could be handed out while the pod still holds it."""
