@@ -17,41 +17,46 @@ def delete(req: Request, cfg: BridgeConfig) -> None:
     out again while the pod or a rule still holds it. With no netns (containerd's ctr, the
     second DEL of every pod) the rules still go, found by the attachment's names, which the
     reference does not do (its issue #810); when nothing is left, finding that out is a few
-    netlink queries. The lease goes even if removing a rule failed: that error is reported."""
+    netlink queries. Every step runs even if an earlier one failed; the first error is
+    reported."""
     pod_addrs = []
     if req.netns:
         from .links import del_pod_link
         pod_addrs = del_pod_link(req.netns, req.ifname)
-    error = None
-    try:
-        if cfg.ip_masq and cfg.ipam_type:
-            from . import masquerade
-            cidrs = [a.cidr for a in pod_addrs] or _prev_ips(req)
+    errors: list[Exception] = []
+    if cfg.ip_masq and cfg.ipam_type:
+        from . import masquerade
+        cidrs = [a.cidr for a in pod_addrs] or _prev_ips(req)
+        try:
             masquerade.teardown(masquerade.Attachment(req.network, req.container_id, req.ifname),
                                 cidrs or None, lambda: _leased(req, cfg))
-        if cfg.macspoofchk:
-            from . import macspoofchk
+        except Exception as e:
+            errors.append(e)
+    if cfg.macspoofchk:
+        from . import macspoofchk
+        try:
             macspoofchk.remove(req.container_id, req.ifname)
-    except Exception as e:
-        error = e
+        except Exception as e:
+            errors.append(e)
     if cfg.ipam_type:
         try:
             ipam.run(cfg.ipam_type, "DEL", req)
-        except CNIError:
-            if error is None:
-                raise
-    if error is not None:
-        raise error
+        except CNIError as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]  # each step ran; the first failure is the one to report
 
 
-def _leased(req: Request, cfg: BridgeConfig) -> list[str] | None:
-    """The attachment's addresses as host-local's store has them (before its DEL)."""
+def _leased(req: Request, cfg: BridgeConfig) -> tuple[list[str], list[str]] | None:
+    """(the attachment's addresses, its container's other attachments' addresses) as
+    host-local's store has them, before its DEL; None if the store tells nothing."""
     leases = ipam.host_local_leases(req, cfg.ipam_type)
     if leases is None:
         return None
-    mine = [ip for ip, cid, ifname in leases
-            if cid == req.container_id.strip() and ifname in (req.ifname, None)]
-    return mine or None
+    container_id = req.container_id.strip()
+    mine = [ip for ip, cid, ifname in leases if cid == container_id and ifname in (req.ifname, None)]
+    others = [ip for ip, cid, ifname in leases if cid == container_id and ifname not in (req.ifname, None)]
+    return mine, others
 
 
 def collect(req: Request, cfg: BridgeConfig, attachments: set[tuple[str, str]]) -> None:

@@ -49,7 +49,9 @@ def name_problem(container_id: str, ifname: str) -> str | None:
 
 
 def _prerouting_rules(nft: nf.NfTables, comment: bytes) -> list[nf.Rule]:
-    return [r for r in nft.list_rules(nf.BRIDGE, naming.MACSPOOF_TABLE, naming.MACSPOOF_BASE_CHAIN)
+    """PREROUTING's rules with this comment (the others are not decoded)."""
+    return [r for r in nft.list_rules(nf.BRIDGE, naming.MACSPOOF_TABLE,
+                                      naming.MACSPOOF_BASE_CHAIN, comment + b"\0")
             if r.comment == comment]
 
 
@@ -113,13 +115,14 @@ def setup(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str, mac:
     _transact(nft, build, f"macspoofchk: set up {chain}")
 
 
-def teardown(nft: nf.NfTables, container_id: str, ifname: str) -> bool:
-    """Remove the PREROUTING jump and both chains; the table and PREROUTING stay.
-    Returns whether there was anything."""
+def teardown(nft: nf.NfTables, container_id: str, ifname: str) -> None:
+    """Remove the PREROUTING jump and both chains; the table and PREROUTING stay. One query
+    when there is nothing: a jump cannot outlive the chain it names."""
     chain, mac_chain = _chains(container_id, ifname)
-    table = naming.MACSPOOF_TABLE
-    if name_problem(container_id, ifname) or not nft.has_table(nf.BRIDGE, table):
-        return False
+    if name_problem(container_id, ifname) or \
+            nft.get_chain(nf.BRIDGE, naming.MACSPOOF_TABLE, chain) is None:
+        return
+
     def build() -> nf.Batch:
         batch = nf.Batch()
         for rule in _prerouting_rules(nft, naming.macspoof_comment(container_id, ifname).encode()):
@@ -127,7 +130,7 @@ def teardown(nft: nf.NfTables, container_id: str, ifname: str) -> bool:
         _delete_chains(nft, batch, (chain, mac_chain))
         return batch
 
-    return bool(_transact(nft, build, f"macspoofchk: tear down {chain}"))
+    _transact(nft, build, f"macspoofchk: tear down {chain}")
 
 
 def missing(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str,
@@ -154,20 +157,19 @@ def missing(nft: nf.NfTables, container_id: str, ifname: str, host_veth: str,
     return gaps
 
 
-def gc(nft: nf.NfTables, valid: set[tuple[str, str]], is_ours) -> int:
-    """Remove the chains of attachments not in `valid`; return how many attachments went.
+def gc(nft: nf.NfTables, valid: set[tuple[str, str]], is_ours) -> None:
+    """Remove the chains of attachments not in `valid`.
 
     The chain names do not say which network an attachment belongs to, so GC of one network
     removes an attachment's chains only where `is_ours(host veth name)` says so (the veth is
     gone, or is a port of this network's bridge): never another network's live pod's."""
     table = naming.MACSPOOF_TABLE
     if not nft.has_table(nf.BRIDGE, table):
-        return 0
+        return
     keep = {naming.macspoof_comment(cid, ifname).encode() for cid, ifname in valid}
-    stale: dict[bytes, list[nf.Rule]] = {}
 
     def build() -> nf.Batch:
-        stale.clear()
+        stale: dict[bytes, list[nf.Rule]] = {}
         for rule in nft.list_rules(nf.BRIDGE, table, naming.MACSPOOF_BASE_CHAIN):
             comment = rule.comment
             if (comment is not None and comment.startswith(b"macspoofchk-")
@@ -183,14 +185,13 @@ def gc(nft: nf.NfTables, valid: set[tuple[str, str]], is_ours) -> int:
         return batch
 
     _transact(nft, build, "macspoofchk: collect the checks of stale attachments")
-    return len(stale)
 
 
-def _transact(nft: nf.NfTables, build, what: str) -> nf.Batch:
+def _transact(nft: nf.NfTables, build, what: str) -> None:
     try:
-        return nft.transact(build, what)
-    except nf.NetlinkError as e:
-        raise MacSpoofCheckError(str(e)) from None
+        nft.transact(build, what)
+    except OSError as e:  # the kernel's refusal, or the socket's (ENOBUFS, ...)
+        raise MacSpoofCheckError(f"{what}: {e}" if what not in str(e) else str(e)) from None
 
 
 def _delete_chains(nft: nf.NfTables, batch: nf.Batch, chains: tuple[str, ...]) -> None:

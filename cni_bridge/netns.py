@@ -18,6 +18,8 @@ import posix  # not os (~2 ms to import): cni_protocol/skel.py
 
 CLONE_NEWNET = 0x40000000
 CURRENT_PATH = "/proc/thread-self/ns/net"  # the calling thread's own namespace
+# open(2) of a path that cannot be a namespace file: EISDIR, ENOTDIR, ELOOP, ENXIO (a socket)
+_NOT_A_NETNS = (errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENXIO)
 
 
 class NetnsError(OSError):
@@ -60,9 +62,9 @@ class NetnsContext:
             target_fd = posix.open(self.path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NONBLOCK)
         except FileNotFoundError:
             raise NetnsNotFound(errno.ENOENT, f"network namespace {self.path} does not exist") from None
-        except (IsADirectoryError, NotADirectoryError) as e:
-            raise NotANetns(e.errno, f"{self.path} is not a network namespace") from None
         except OSError as e:
+            if e.errno in _NOT_A_NETNS:  # a directory, a socket, a symlink loop, ...
+                raise NotANetns(e.errno, f"{self.path} is not a network namespace") from None
             raise NetnsError(e.errno, f"cannot open network namespace {self.path}: {e.strerror}") from None
         try:
             origin_fd = open_current()

@@ -95,6 +95,9 @@ NFT_META_IIFNAME = 6
 NFT_META_NFPROTO = 15
 NFT_CMP_EQ = 0
 NFT_CMP_NEQ = 1
+# where the source and destination addresses are in an IPv4 / IPv6 header
+SADDR_OFFSET = {4: 12, 6: 8}
+DADDR_OFFSET = {4: 16, 6: 24}
 NFTNL_UDATA_COMMENT = 0  # the same type for tables, chains and rules
 
 _NFGENMSG = struct.Struct(">BBH")  # family, version, resource id (big-endian)
@@ -102,6 +105,8 @@ _BE32 = struct.Struct(">I")
 _BE32_SIGNED = struct.Struct(">i")
 _BE64 = struct.Struct(">Q")
 _IFNAMSIZ = 16
+_SOL_SOCKET, _SO_SNDBUFFORCE = 1, 32
+_SEND_BUFFER = 200 * 1024  # below the usual default (net.core.wmem_default, 208 KiB)
 
 
 class NfTablesError(NetlinkError):
@@ -242,15 +247,17 @@ class Expr:
         self.name = _get_str(outer[NFTA_EXPR_NAME])
         self.attrs = dict(_iter_attrs(outer.get(NFTA_EXPR_DATA, b"")))
 
-    def jump_target(self) -> str | None:
-        """The chain an `immediate` jump or goto names, else None."""
+    def verdict(self) -> tuple[int, str | None] | None:
+        """(verdict code, chain it jumps or goes to, if any) of an `immediate`; else None."""
         if self.name != "immediate" or 2 not in self.attrs:
             return None
         data = dict(_iter_attrs(self.attrs[2]))
         inner = dict(_iter_attrs(data.get(NFTA_DATA_VERDICT, b"")))
-        if NFTA_VERDICT_CHAIN not in inner:
+        if NFTA_VERDICT_CODE not in inner:
             return None
-        return _get_str(inner[NFTA_VERDICT_CHAIN])
+        chain = inner.get(NFTA_VERDICT_CHAIN)
+        return (_BE32_SIGNED.unpack(inner[NFTA_VERDICT_CODE])[0],
+                _get_str(chain) if chain is not None else None)
 
     def data_value(self, kind: int) -> bytes | None:
         """The NFTA_DATA_VALUE inside attribute `kind` (a cmp's value, a bitwise mask)."""
@@ -279,13 +286,7 @@ class Rule:
         return comment_of(self.userdata)
 
     def jump_targets(self) -> list[str]:
-        return [t for t in (e.jump_target() for e in self.exprs) if t is not None]
-
-    def signature(self) -> tuple[bytes, ...]:
-        """What makes two rules the same, as `iptables -C` sees it: every expression but the
-        counter's values, and the user data."""
-        parts = [e.raw for e in self.exprs if e.name != "counter"]
-        return (*parts, self.userdata or b"")
+        return [v[1] for v in (e.verdict() for e in self.exprs) if v is not None and v[1]]
 
     def __repr__(self) -> str:
         return (f"Rule({FAMILY_NAMES.get(self.family)} {self.table} {self.chain} "
@@ -443,46 +444,54 @@ class NfTables(NetlinkSocket):
                  if r[0] == family and (containing is None or containing in r)]
         return [r for r in rules if r.table == table and (chain is None or r.chain == chain)]
 
-    def transact(self, build, what: str, attempts: int = 3) -> Batch:
+    def transact(self, build, what: str, attempts: int = 3) -> None:
         """Commit `build()`, the batch decided from a fresh read, again from another read if a
-        concurrent change (another plugin's DEL, say) made it name a rule or chain that is gone
-        or one that appeared meanwhile. Returns the batch that was committed."""
+        concurrent change made it stale: a rule or chain it names went or came (another
+        plugin's DEL, say), or a chain it deletes got a new jump (EBUSY)."""
         for attempt in range(attempts):
-            batch = build()
             try:
-                self.commit(batch, what)
-                return batch
-            except (NotFound, AlreadyExists):
-                if attempt == attempts - 1:
+                self.commit(build(), what)
+                return
+            except NetlinkError as e:
+                stale = isinstance(e, (NotFound, AlreadyExists)) or e.errno == errno.EBUSY
+                if not stale or attempt == attempts - 1:
                     raise
-        raise AssertionError("unreachable")
 
     def commit(self, batch: Batch, what: str) -> None:
-        """Apply the batch as one transaction; raise the first error the kernel reports."""
+        """Apply the batch as one transaction; raise the first error the kernel reports.
+
+        Only the last message asks for an ACK: the kernel reports every failing message
+        anyway, and queues all its answers before we read one, so an ACK per message would
+        overflow our receive buffer on a GC of a few hundred rules (ENOBUFS, although the
+        transaction was applied). The answer to the last message, or an error about the
+        batch as a whole (its BEGIN), ends the wait."""
         if not batch:
             return
         seq = self._seq
+        begin, end = seq + 1, seq + 2 + len(batch.messages)
         parts = [_NLMSGHDR.pack(_NLMSGHDR.size + _NFGENMSG.size, NFNL_MSG_BATCH_BEGIN,
-                                NLM_F_REQUEST, seq + 1, 0)
+                                NLM_F_REQUEST, begin, 0)
                  + _NFGENMSG.pack(0, 0, NFNL_SUBSYS_NFTABLES)]
-        pending = set()
-        for i, (msg_type, flags, body) in enumerate(batch.messages, start=seq + 2):
+        last = end - 1
+        for i, (msg_type, flags, body) in enumerate(batch.messages, start=begin + 1):
+            ack = NLM_F_ACK if i == last else 0
             parts.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type,
-                                        NLM_F_REQUEST | NLM_F_ACK | flags, i, 0) + body)
-            pending.add(i)
-        end_seq = seq + 2 + len(batch.messages)
+                                        NLM_F_REQUEST | ack | flags, i, 0) + body)
         parts.append(_NLMSGHDR.pack(_NLMSGHDR.size + _NFGENMSG.size, NFNL_MSG_BATCH_END,
-                                    NLM_F_REQUEST, end_seq, 0)
+                                    NLM_F_REQUEST, end, 0)
                      + _NFGENMSG.pack(0, 0, NFNL_SUBSYS_NFTABLES))
-        self._seq = end_seq
-        self._sock.send(b"".join(parts))
+        self._seq = end
+        data = b"".join(parts)
+        if len(data) > _SEND_BUFFER:  # one sendmsg carries the whole transaction
+            self._sock.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, len(data) + 4096)
+        self._sock.send(data)
         first_error = None
-        while pending:
+        while True:
             data = self._sock.recv(65536)
             offset = 0
             while offset + _NLMSGHDR.size <= len(data):
                 length, rtype, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
+                if length < _NLMSGHDR.size or offset + length > len(data):
                     raise NfTablesError(errno.EMSGSIZE, f"{what}: truncated netlink message")
                 body = data[offset + _NLMSGHDR.size: offset + length]
                 offset += (length + 3) & ~3
@@ -490,15 +499,12 @@ class NfTables(NetlinkSocket):
                     continue
                 code = -_I32.unpack_from(body)[0]
                 if code and first_error is None:
-                    first_error = _nft_error(code, what, _extack_message(body, rflags), rseq - seq - 2,
-                                             batch)
-                if rseq in pending:
-                    pending.discard(rseq)
-                elif code:  # the commit itself failed: the kernel answers for the batch
-                    pending.clear()
-        if first_error is not None:
-            raise first_error
-
+                    first_error = _nft_error(code, what, _extack_message(body, rflags),
+                                             rseq - begin - 1, batch)
+                if rseq == last or (code and rseq == begin):
+                    if first_error is not None:
+                        raise first_error
+                    return
 
 def _nft_error(code: int, what: str, kernel_says: str, index: int, batch: Batch) -> NetlinkError:
     """The domain error for a failed transaction, naming the message that failed."""
@@ -516,8 +522,8 @@ def _nft_error(code: int, what: str, kernel_says: str, index: int, batch: Batch)
 
 def addr_matches(rule: Rule) -> list[tuple[int, bytes, int, int]]:
     """(offset, address, prefix length, cmp op) of every address match in the rule (the
-    shapes `addr_match` writes), in order; the address is zero-padded to 4 or 16 bytes by the
-    caller's reading of `offset`, here it is as long as the load."""
+    shapes `addr_match` writes), in order. The address is as long as the load (3 bytes for a
+    /24): the caller, who knows the family, pads it."""
     out = []
     exprs = rule.exprs
     i = 0
@@ -550,9 +556,7 @@ def xt_info(rule: Rule, kind: str, name: str) -> bytes | None:
 def verdict_of(rule: Rule) -> int | None:
     """The verdict code an `immediate` of the rule sets (accept, drop, jump, ...), or None."""
     for e in rule.exprs:
-        if e.name == "immediate" and 2 in e.attrs:
-            data = dict(_iter_attrs(e.attrs[2]))
-            inner = dict(_iter_attrs(data.get(NFTA_DATA_VERDICT, b"")))
-            if NFTA_VERDICT_CODE in inner:
-                return _BE32_SIGNED.unpack(inner[NFTA_VERDICT_CODE])[0]
+        verdict = e.verdict()
+        if verdict is not None:
+            return verdict[0]
     return None

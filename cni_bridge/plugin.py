@@ -1,10 +1,12 @@
 """The bridge plugin's verbs: thin and symmetric.
 
-Each verb reads the conf, refuses what it cannot do before touching anything (a masquerade
-backend the host cannot use included), starts its IPAM delegate and only then imports the
-modules that do its work, so the IPAM plugin runs meanwhile. The work itself is in attach
-(ADD), detach (DEL, GC) and check (CHECK); masquerade does ipMasq in whichever backend,
-macspoofchk the MAC check.
+Each verb reads the conf and refuses what it cannot do before touching anything (a
+masquerade backend the host cannot use included). ADD and CHECK then start their IPAM delegate
+before importing the modules that do their own work, so that an exec'd IPAM plugin runs
+meanwhile (our host-local of the same build runs in this process, within `ipam.start`); DEL
+removes the pod's interface and rules first and releases the lease last. The work itself is
+in attach (ADD), detach (DEL, GC) and check (CHECK); masquerade does ipMasq in whichever
+backend, macspoofchk the MAC check.
 """
 from __future__ import annotations
 
@@ -92,8 +94,8 @@ _TRANSIENT = (errno.EAGAIN, errno.EBUSY, errno.EINTR)
 
 
 def _masquerade_backend(cfg: BridgeConfig) -> str:
-    """The backend ipMasq will write to; a host that has none usable fails the ADD here,
-    before IPAM or any link (code 102)."""
+    """The backend ipMasq writes to (ADD) or must find the rules in (CHECK); a host that has
+    none usable fails the verb here, before IPAM or any link (code 102)."""
     from . import masquerade
     try:
         return masquerade.choose(cfg.ip_masq_backend)
@@ -144,7 +146,9 @@ def _as_cni_error(e: Exception) -> Exception:
         return CNIError(INVALID_ENV, f"invalid CNI_NETNS: {e}")
     if isinstance(e, NetlinkError) and e.errno in _TRANSIENT:
         return CNIError(TRY_AGAIN_LATER, f"netlink: {e}")
-    if isinstance(e, (NetlinkError, NetnsError)):
+    if isinstance(e, NetnsError):
+        return CNIError(BRIDGE_FAILURE, str(e))
+    if isinstance(e, NetlinkError):
         return CNIError(BRIDGE_FAILURE, f"netlink: {e}")
     if isinstance(e, OSError):
         return CNIError(IO_FAILURE, f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))

@@ -42,12 +42,6 @@ def _path(ipam: dict, key: str) -> str:
     return value
 
 
-# The spec's route type (cniVersion 1.1.0 added mtu, advmss, table, scope), with the range of
-# the netlink field each integer ends up in.
-ROUTE_INTEGERS = {"mtu": 2**32 - 1, "advmss": 2**32 - 1, "priority": 2**32 - 1,
-                  "table": 2**32 - 1, "scope": 255}
-
-
 def _routes(routes: object) -> list:
     if routes is None:
         return []
@@ -71,7 +65,9 @@ def _route(route: object, key: str) -> dict:
             parse_ip(gw if isinstance(gw, str) else "")
         except ValueError:
             raise config_error(f"{key}.gw", "is not an IP address", gw) from None
-    for name, top in ROUTE_INTEGERS.items():
+    from cni_protocol.result import ROUTE_INTS  # the spec's route type's integers
+
+    for name, top in ROUTE_INTS.items():
         value = route.get(name)
         if value is not None and (type(value) is not int or not 0 <= value <= top):
             raise config_error(f"{key}.{name}", f"must be an integer from 0 to {top}", value)

@@ -147,12 +147,14 @@ class _Lock:
         self._fd = -1
 
     def __enter__(self) -> None:
-        if self._fd < 0:  # O_NONBLOCK is for open() only: flock() blocks unless LOCK_NB
-            self._fd = _open_own(self._path, posix.O_RDONLY | posix.O_CREAT, 0o750)
+        # O_NONBLOCK is for open() only: flock() blocks unless LOCK_NB
+        self._fd = _open_own(self._path, posix.O_RDONLY | posix.O_CREAT, 0o750)
         flock(self._fd, LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
-        flock(self._fd, LOCK_UN)
+        fd, self._fd = self._fd, -1
+        flock(fd, LOCK_UN)
+        posix.close(fd)  # the bridge's process runs several host-local verbs: no fd kept
 
 
 class DiskStore:

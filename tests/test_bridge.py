@@ -788,6 +788,24 @@ def test_del_without_the_pod_netns_still_releases_everything(node, netns, with_p
     node.assert_no_trace()
 
 
+def test_a_del_whose_masquerade_teardown_fails_still_removes_the_mac_check_and_the_lease(node):
+    """Each step of DEL runs; the first error is reported (and the runtime's retry of the DEL
+    then finds only what failed)."""
+    conf = node.conf(isGateway=True, ipMasq=True, macspoofchk=True)
+    pod = node.pod()
+    result = node.add(conf, pod, iptables="legacy")
+    chain = chain_name(pod)
+    for args in (["-N", "HOLDER"], ["-A", "HOLDER", "-j", chain]):  # the chain is in use
+        in_ns(node.ns, "iptables-legacy", "-w", "-t", "nat", *args)
+    err = node.cni("DEL", conf, pod, prev=result, iptables="legacy").error
+    assert err["code"] == 102 and chain in err["msg"], err
+    assert node.macspoof_rules() == [] and node.leases() == {}
+    in_ns(node.ns, "iptables-legacy", "-w", "-t", "nat", "-F", "HOLDER")
+    node.cni("DEL", conf, pod, prev=result, iptables="legacy").ok()
+    in_ns(node.ns, "iptables-legacy", "-w", "-t", "nat", "-X", "HOLDER")
+    node.assert_no_trace(pod)
+
+
 @pytest.mark.parametrize("verb", ["ADD", "CHECK", "DEL"])
 def test_cni_netns_naming_the_plugins_own_netns_is_refused_before_anything(node, verb):
     """As libcni's skel: code 8 unless CNI_NETNS_OVERRIDE is 1 or true. An ADD there would put
@@ -819,9 +837,13 @@ def test_del_keeps_the_lease_when_the_pod_interface_cannot_be_deleted(node, tmp_
     node.add(conf, pod)
     not_a_netns = tmp_path / "not-a-netns"
     not_a_netns.write_text("")
-    fifo = tmp_path / "fifo"
+    fifo, loop, sock = tmp_path / "fifo", tmp_path / "loop", tmp_path / "sock"
     os.mkfifo(fifo)
-    for path in (not_a_netns, fifo, tmp_path):  # a FIFO must not block us either
+    loop.symlink_to(loop)
+    import socket
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock))
+    for path in (not_a_netns, fifo, tmp_path, loop, sock):  # a FIFO must not block us either
         err = node.cni("DEL", conf, pod, netns=str(path)).error
         assert err["code"] == 4 and "not a network namespace" in err["msg"], err
         assert len(node.leases()) == 1
@@ -1157,6 +1179,8 @@ def test_removing_one_of_two_attachments_keeps_the_others_masquerade(node, keys,
         node.cni("DEL", conf, pod, cid="c1", ifname="eth1", netns="", iptables=iptables).ok()
         sh(IP, "-n", pod, "link", "del", "eth1")
     assert node.leases() == {pod_ip(r0): "c1\r\neth0"}
+    # and again, as RemovePodSandbox sends it: no netns, no prevResult, no lease left for eth1
+    node.cni("DEL", conf, pod, cid="c1", ifname="eth1", netns="", iptables=iptables).ok()
     node.cni("CHECK", conf, pod, cid="c1", ifname="eth0", prev=r0, iptables=iptables).ok()
     assert masq_lines(node, backend, pod_ip(r1) + " ", pod_ip(r1) + "/") == []
     assert ping(pod, EXT_IP, count=2)  # still masqueraded: the external host cannot route pods

@@ -173,3 +173,21 @@ def test_an_id_too_long_for_the_chain_names_is_refused_before_anything(node):
     assert err["code"] == 4 and "CNI_CONTAINERID" in err["msg"] and "255" in err["msg"], err
     node.assert_no_trace(pod)
     assert node.link(BR) is None
+
+
+_MANY_CHECKS = """
+from cni_bridge import macspoofchk, nfnetlink as nf
+with nf.NfTables() as nft:
+    for i in range(300):
+        macspoofchk.setup(nft, f"c{i}", "eth0", f"veth{i:08x}", "0a:58:0a:16:00:63")
+    macspoofchk.gc(nft, {("c0", "eth0")}, lambda veth: True)
+print("ok")
+"""
+
+
+def test_gc_of_hundreds_of_checks_is_one_transaction_that_succeeds(node):
+    """~1500 messages in one transaction: more answers than a socket buffer holds."""
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin"}
+    proc = in_ns(node.ns, "/usr/bin/python3", "-c", _MANY_CHECKS, env=env, check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert chains(node) == ["cni-br-iface-c0-eth0", "cni-br-iface-c0-eth0-mac"]

@@ -11,8 +11,8 @@ Go plugins' DEL removes ours and ours theirs. The verbs see only this interface:
     choose(setting)                  the backend ADD writes to (selection.py), checked up front
     setup(backend, attachment, cidrs)
     teardown(attachment, cidrs, lookup)  in every backend; cidrs None: ask lookup() if needed
+    gc(network, valid attachments, leases)  in every backend
     missing(backend, attachment, cidrs)  what CHECK finds absent
-    gc(network, valid attachments)   in every backend
 
 where an attachment is (network, container ID, ifname). A teardown first asks the kernel,
 cheaply, whether anything of the attachment exists in each backend (a netlink GET, a
@@ -25,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only; typing is never imported at run time
     from collections.abc import Callable
 
-    from .addresses import PodAddress
+    from .addresses import JumpOwner, PodAddress
 
 
 class MasqueradeError(Exception):
@@ -111,26 +111,29 @@ def setup(backend: str, att: Attachment, cidrs: list[str]) -> None:
 
 
 def teardown(att: Attachment, cidrs: list[str] | None,
-             lookup: Callable[[], list[str] | None] | None = None) -> None:
+             lookup: Callable[[], tuple[list[str], list[str]] | None] | None = None) -> None:
     """Remove the attachment's rules from every backend that holds any.
 
     The iptables backends share one chain among a container's interfaces on the network and
-    tell this attachment's jumps by their source addresses: `cidrs`, else what `lookup()`
-    finds (host-local's lease), asked only once a chain of the container turns out to exist.
-    When neither knows (no netns, no prevResult, no lease), every jump of the chain goes, as in
-    the reference."""
+    tell this attachment's jumps by their source addresses (addresses.JumpOwner): `cidrs`,
+    else `lookup()` (host-local's leases: the attachment's, and its container's other
+    attachments'), asked only once a chain of the container turns out to exist. When neither
+    knows (no netns, no prevResult, no lease), every jump of the chain goes, as in the
+    reference."""
     from . import naming
+    from .addresses import JumpOwner
     from .. import nfnetlink as nf
 
     known: list = []
 
-    def of(family: int) -> Callable[[], list[PodAddress] | None]:
-        def addresses() -> list[PodAddress] | None:
+    def owner_of(family: int) -> Callable[[], JumpOwner]:
+        def decide() -> JumpOwner:
             if not known:
-                found = cidrs if cidrs is not None else lookup() if lookup else None
-                known.append(None if found is None else _addresses(found))
-            return None if known[0] is None else [a for a in known[0] if a.family == family]
-        return addresses
+                known.append(_jump_owner(cidrs, lookup))
+            mine, others = known[0]
+            return JumpOwner(None if mine is None else [a for a in mine if a.family == family],
+                             others)
+        return decide
 
     # Each backend's module is imported only once the kernel says something may be there:
     # the second DEL of every pod asks and imports no more than that.
@@ -139,7 +142,7 @@ def teardown(att: Attachment, cidrs: list[str] | None,
         if legacy_nat_table_exists(family):
             from . import legacy
             try:
-                legacy.teardown(family, att.network, att.container_id, of(family))
+                legacy.teardown(family, att.network, att.container_id, owner_of(family))
             except MasqueradeError as e:
                 errors.append(str(e))
     try:
@@ -154,7 +157,7 @@ def teardown(att: Attachment, cidrs: list[str] | None,
                     if nft.get_chain(nf_family, "nat", chain) is not None:
                         from . import iptables_nft
                         iptables_nft.teardown(nft, family, att.network, att.container_id,
-                                              of(family))
+                                              owner_of(family))
                 except OSError as e:
                     errors.append(str(_nft_error(naming.IPTABLES_NFT, e)))
             try:
@@ -165,6 +168,17 @@ def teardown(att: Attachment, cidrs: list[str] | None,
                 errors.append(str(_nft_error(naming.NFTABLES, e)))
     if errors:
         raise MasqueradeError("; ".join(errors))
+
+
+def _jump_owner(cidrs: list[str] | None, lookup) -> tuple[list[PodAddress] | None, set[bytes]]:
+    """(the attachment's addresses or None, the packed addresses of its container's others)."""
+    if cidrs is not None:
+        return _addresses(cidrs), set()
+    found = lookup() if lookup else None
+    if found is None:
+        return None, set()
+    mine, others = found
+    return (_addresses(mine) if mine else None), {a.packed for a in _addresses(others)}
 
 
 def legacy_nat_table_exists(family: int) -> bool:

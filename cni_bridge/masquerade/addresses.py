@@ -46,3 +46,30 @@ def contains(prefix: tuple[bytes, int], address: PodAddress) -> bool:
         return False
     shift = address.bits - prefixlen
     return int.from_bytes(packed, "big") >> shift == int.from_bytes(address.packed, "big") >> shift
+
+
+class JumpOwner:
+    """Which POSTROUTING jumps of a container's iptables chain are one attachment's.
+
+    The chain is the container's on the network, shared by all its interfaces there; a jump is
+    one address's (`-s <pod IP> -j CNI-...`). `mine`: the attachment's addresses, when known;
+    else `others`: those its container's other attachments hold (their jumps stay, the rest is
+    this attachment's); with neither, every jump is, as in the reference."""
+
+    __slots__ = ("mine", "others")
+
+    def __init__(self, mine: list[PodAddress] | None, others: set[bytes] = frozenset()) -> None:
+        self.mine, self.others = mine, others
+
+    def owns(self, src: tuple[bytes, int] | None) -> bool:
+        if self.mine is not None:
+            return src is not None and any(contains(src, a) for a in self.mine)
+        return src is None or src[0] not in self.others
+
+
+def stale_jump(chain: str | None, src: tuple[bytes, int] | None, bits: int,
+               keep: dict[str, set[bytes] | None]) -> bool:
+    """GC: a jump to a kept chain from a host address that no valid attachment holds
+    (`keep[chain]`: the valid attachments' addresses; None: every jump stays)."""
+    sources = keep.get(chain) if chain else None
+    return sources is not None and src is not None and src[1] == bits and src[0] not in sources

@@ -26,7 +26,7 @@ import sys
 
 from .. import nfnetlink as nf
 from . import naming
-from .addresses import PodAddress, contains, prefix_network
+from .addresses import JumpOwner, PodAddress, prefix_network, stale_jump
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only; typing is never imported at run time
@@ -36,8 +36,7 @@ NAME = naming.IPTABLES_NFT
 TABLE = "nat"
 POSTROUTING = "POSTROUTING"
 _FAMILY = {4: nf.IPV4, 6: nf.IPV6}
-_SRC_OFFSET = {4: 12, 6: 8}
-_DST_OFFSET = {4: 16, 6: 24}
+_BITS = {4: 32, 6: 128}
 _XT_COMMENT_SIZE = 256  # struct xt_comment_info
 
 
@@ -52,9 +51,9 @@ class _Rule:
         self.dst_negated = False
         for offset, value, prefixlen, op in nf.addr_matches(rule):
             value = value.ljust(4 if family == 4 else 16, b"\0")
-            if offset == _SRC_OFFSET[family]:
+            if offset == nf.SADDR_OFFSET[family]:
                 self.src = (value, prefixlen)
-            elif offset == _DST_OFFSET[family]:
+            elif offset == nf.DADDR_OFFSET[family]:
                 self.dst, self.dst_negated = (value, prefixlen), op == nf.NFT_CMP_NEQ
         info = nf.xt_info(rule, "match", "comment")
         self.comment = info.split(b"\0", 1)[0] if info is not None else None
@@ -86,9 +85,9 @@ def _exprs(family: int, comment: str, target: bytes, src: tuple[bytes, int] | No
            dst: tuple[bytes, int] | None = None, negate_dst: bool = False) -> list[bytes]:
     exprs: list[bytes] = []
     if src is not None:
-        exprs += nf.addr_match(_SRC_OFFSET[family], *src)
+        exprs += nf.addr_match(nf.SADDR_OFFSET[family], *src)
     if dst is not None:
-        exprs += nf.addr_match(_DST_OFFSET[family], *dst,
+        exprs += nf.addr_match(nf.DADDR_OFFSET[family], *dst,
                                op=nf.NFT_CMP_NEQ if negate_dst else nf.NFT_CMP_EQ)
     return exprs + [_comment(comment), nf.counter(), target]
 
@@ -153,27 +152,19 @@ def setup(nft: nf.NfTables, family: int, network: str, container_id: str,
 
 
 def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
-             addresses_of: Callable[[], list[PodAddress] | None]) -> bool:
-    """Remove the attachment's POSTROUTING jumps, and its chain once no jump uses it.
-
-    The chain is the container's on this network, shared by all its interfaces there; a jump
-    is one address's. `addresses_of()`, asked only if the chain exists, gives the attachment's
-    addresses; None (not known): every jump goes, as in the reference. Returns whether
-    anything was there.
-    """
+             owner_of: Callable[[], JumpOwner]) -> None:
+    """Remove the attachment's POSTROUTING jumps (`owner_of()` says which: it is asked only
+    when the chain exists), and the chain once no jump uses it."""
     fam = _FAMILY[family]
     chain = naming.iptables_chain(network, container_id)
-    if not has_chain(nft, family, chain):
-        return False
-    addresses = addresses_of()
 
     def build() -> nf.Batch:
         batch = nf.Batch()
         if not has_chain(nft, family, chain):
-            return batch  # gone meanwhile
+            return batch
+        owner = owner_of()
         jumps = _jumps(nft, family, chain)
-        mine = jumps if addresses is None else [
-            r for r in jumps if r.src is not None and any(contains(r.src, a) for a in addresses)]
+        mine = [r for r in jumps if owner.owns(r.src)]
         for r in mine:
             batch.delete_rule(r.rule)
         if len(mine) == len(jumps):
@@ -182,7 +173,6 @@ def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
         return batch
 
     nft.transact(build, f"ipMasq ({NAME}): tear down {chain}")
-    return True
 
 
 def missing(nft: nf.NfTables, family: int, network: str, container_id: str,
@@ -203,10 +193,9 @@ def missing(nft: nf.NfTables, family: int, network: str, container_id: str,
 
 
 def gc(nft: nf.NfTables, family: int, network: str,
-       keep: dict[str, set[bytes] | None]) -> list[str]:
+       keep: dict[str, set[bytes] | None]) -> None:
     """Remove the network's chains whose name is not in `keep`, and of the others the jumps
-    whose source is not in their set of kept addresses (None: keep every jump); return the
-    names of the chains removed.
+    whose source is not in their set of kept addresses (None: keep every jump).
 
     A chain is the network's when it has our shape and its first rule's comment starts with
     `name: "<network>" id: "`: no need to read the ID back, which iptables may have cut."""
@@ -223,7 +212,7 @@ def gc(nft: nf.NfTables, family: int, network: str,
                     victims.append(c.name)
         batch = nf.Batch()
         for r in _rules(nft, family, POSTROUTING) if victims or any(keep.values()) else []:
-            if r.target in victims or _stale_jump(r.target, r.src, family, keep):
+            if r.target in victims or stale_jump(r.target, r.src, _BITS[family], keep):
                 batch.delete_rule(r.rule)
         for chain in victims:
             batch.flush_chain(fam, TABLE, chain)
@@ -231,15 +220,6 @@ def gc(nft: nf.NfTables, family: int, network: str,
         return batch
 
     nft.transact(build, f"ipMasq ({NAME}): collect the stale chains of {network}")
-    return victims
-
-
-def _stale_jump(chain: str | None, src: tuple[bytes, int] | None, family: int,
-                keep: dict[str, set[bytes] | None]) -> bool:
-    """A jump to a kept chain from a host address that no valid attachment holds."""
-    sources = keep.get(chain) if chain else None
-    bits = 32 if family == 4 else 128
-    return sources is not None and src is not None and src[1] == bits and src[0] not in sources
 
 
 def _table_name(family: int) -> str:

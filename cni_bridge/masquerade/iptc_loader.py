@@ -261,31 +261,18 @@ def _stub_package(spec: object) -> object:
     return pkg
 
 
-def preload():
-    """Start load_iptc() in a thread; return a function that waits until it has finished.
-
-    The plugin calls this first thing, so the ~20 ms of loading overlap its IPAM child and
-    netlink work. Errors are not lost: the setup or teardown that follows calls load_iptc()
-    again, which raises them. `_thread`, not `threading` (3.5 ms to import).
-    """
-    finished = _thread.allocate_lock()
-    finished.acquire()
+def preload() -> None:
+    """Start load_iptc() in a thread, so that the ~20 ms of loading overlap the ADD's netlink
+    work. Errors are not lost: the setup that follows calls load_iptc() again, which raises
+    them. `_thread`, not `threading` (3.5 ms to import)."""
 
     def work() -> None:
         try:
             load_iptc()
         except Exception:
             pass
-        finally:
-            finished.release()
 
     _thread.start_new_thread(work, ())
-
-    def wait() -> None:
-        with finished:
-            pass
-
-    return wait
 
 
 def load_iptc(ipv6: bool = False) -> object:

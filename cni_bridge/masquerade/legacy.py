@@ -17,7 +17,7 @@ import posix  # not os (~2 ms to import): cni_protocol/skel.py
 import sys
 
 from . import error, legacy_nat_table_exists as _nat_table_exists, naming
-from .addresses import PodAddress, contains
+from .addresses import JumpOwner, PodAddress, stale_jump
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only; typing is never imported at run time
@@ -347,20 +347,19 @@ def setup(family: int, network: str, container_id: str, addresses: list[PodAddre
 
 
 def teardown(family: int, network: str, container_id: str,
-             addresses_of: Callable[[], list[PodAddress] | None]) -> bool:
+             owner_of: Callable[[], JumpOwner]) -> None:
     """Remove the attachment's POSTROUTING jumps, and its chain once no jump uses it (see
-    iptables_nft.teardown). Returns whether anything was there."""
+    iptables_nft.teardown)."""
     chain = naming.iptables_chain(network, container_id)
     if chain not in user_chains(family):
-        return False
-    addresses = addresses_of()
+        return
+    owner = owner_of()
 
     def work(nat: _Nat) -> bool:
         if not nat.has_chain(chain):
             return False
         jumps = [e for e in nat.entries("POSTROUTING") if nat.target_of(e) == chain]
-        mine = jumps if addresses is None else [
-            e for e in jumps if any(contains(nat.source(e), a) for a in addresses)]
+        mine = [e for e in jumps if owner.owns(nat.source(e))]
         if mine:
             nat.delete("POSTROUTING", mine)
         if len(mine) == len(jumps):
@@ -368,7 +367,6 @@ def teardown(family: int, network: str, container_id: str,
         return bool(mine) or len(mine) == len(jumps)
 
     _in_nat_table(family, work)
-    return True
 
 
 def missing(family: int, network: str, container_id: str,
@@ -396,28 +394,26 @@ def missing(family: int, network: str, container_id: str,
     return gaps
 
 
-def gc(family: int, network: str, keep: dict[str, set[bytes] | None]) -> list[str]:
+def gc(family: int, network: str, keep: dict[str, set[bytes] | None]) -> None:
     """Remove the network's chains whose name is not in `keep`, and stale jumps of the kept
     ones (see iptables_nft.gc)."""
-    from .iptables_nft import _stale_jump
-
     chains = user_chains(family)
     candidates = {c for c in chains if naming.is_iptables_chain_name(c) and c not in keep}
     if not candidates and not any(sources is not None and chain in chains
                                   for chain, sources in keep.items()):
-        return []
+        return
     prefix = naming.iptables_comment(network, "")[:-1]
-    victims: set[str] = set()
+    bits = 32 if family == 4 else 128
 
     def work(nat: _Nat) -> bool:
-        victims.clear()  # a retried transaction starts over
+        victims = set()
         for chain in candidates:
             entries = nat.entries(chain) if nat.has_chain(chain) else []
             comment = nat.comment(entries[0]) if entries else None
             if comment is not None and comment.startswith(prefix):
                 victims.add(chain)
         jumps = [e for e in nat.entries("POSTROUTING") if nat.target_of(e) in victims
-                 or _stale_jump(nat.target_of(e), nat.source(e), family, keep)]
+                 or stale_jump(nat.target_of(e), nat.source(e), bits, keep)]
         if jumps:
             nat.delete("POSTROUTING", jumps)
         for chain in sorted(victims):
@@ -425,4 +421,3 @@ def gc(family: int, network: str, keep: dict[str, set[bytes] | None]) -> list[st
         return bool(victims or jumps)
 
     _in_nat_table(family, work)
-    return sorted(victims)

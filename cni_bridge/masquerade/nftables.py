@@ -26,8 +26,6 @@ from . import naming
 from .addresses import PodAddress, prefix_network
 
 NAME = naming.NFTABLES
-_SRC_OFFSET = {4: 12, 6: 8}
-_DST_OFFSET = {4: 16, 6: 24}
 
 
 def _postrouting_rules() -> list[list[bytes]]:
@@ -36,7 +34,7 @@ def _postrouting_rules() -> list[list[bytes]]:
     for family in (4, 6):
         multicast = PodAddress(naming.MULTICAST[family])
         rules.append(nf.nfproto(family)
-                     + nf.addr_match(_DST_OFFSET[family], *prefix_network(multicast))
+                     + nf.addr_match(nf.DADDR_OFFSET[family], *prefix_network(multicast))
                      + [nf.verdict(nf.VERDICT_RETURN)])
     rules.append([nf.verdict(nf.VERDICT_GOTO, naming.NFT_MASQ_CHAIN)])
     return rules
@@ -45,8 +43,8 @@ def _postrouting_rules() -> list[list[bytes]]:
 def _masq_rule(address: PodAddress) -> list[bytes]:
     """`ip saddr <ip> ip daddr != <subnet> masquerade` (ip6 for IPv6)."""
     family = address.family
-    return (nf.nfproto(family) + nf.addr_match(_SRC_OFFSET[family], address.packed, address.bits)
-            + nf.addr_match(_DST_OFFSET[family], *prefix_network(address), op=nf.NFT_CMP_NEQ)
+    return (nf.nfproto(family) + nf.addr_match(nf.SADDR_OFFSET[family], address.packed, address.bits)
+            + nf.addr_match(nf.DADDR_OFFSET[family], *prefix_network(address), op=nf.NFT_CMP_NEQ)
             + [nf.masquerade()])
 
 
@@ -65,7 +63,7 @@ def _postrouting_is_ours(rules: list[nf.Rule]) -> bool:
         matches = [(offset, value.ljust(len(multicast.packed), b"\0"), prefixlen, op)
                    for offset, value, prefixlen, op in nf.addr_matches(rule)]
         if (nf.verdict_of(rule) != nf.VERDICT_RETURN or matches != [
-                (_DST_OFFSET[family], multicast.network_packed, multicast.prefixlen,
+                (nf.DADDR_OFFSET[family], multicast.network_packed, multicast.prefixlen,
                  nf.NFT_CMP_EQ)]):
             return False
     return True
@@ -108,8 +106,9 @@ def setup(nft: nf.NfTables, network: str, container_id: str, ifname: str,
         postrouting = (nft.list_rules(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
                        if has_postrouting else [])
         if not _postrouting_is_ours(postrouting):
-            if postrouting:
-                batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
+            # Flushed also when it looked empty: two first ADDs at once both write the three
+            # rules, and the one committed last must replace, not add to, the other's.
+            batch.flush_chain(nf.INET, table, naming.NFT_POSTROUTING_CHAIN)
             for exprs in _postrouting_rules():
                 batch.add_rule(nf.INET, table, naming.NFT_POSTROUTING_CHAIN, exprs)
         for stale in _matching(_masq_rules(nft, prefix) if exists else [], prefix):
@@ -121,11 +120,8 @@ def setup(nft: nf.NfTables, network: str, container_id: str, ifname: str,
     nft.transact(build, f"ipMasq ({NAME}): set up rules of {container_id}/{ifname}")
 
 
-def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> bool:
-    """Delete the attachment's rules, found by their comment: no addresses needed.
-    Returns whether there were any."""
-    if not table_exists(nft):
-        return False
+def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> None:
+    """Delete the attachment's rules, found by their comment: no addresses needed."""
     prefix = naming.nft_instance_prefix(network, ifname, container_id)
 
     def build() -> nf.Batch:
@@ -134,7 +130,7 @@ def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> 
             batch.delete_rule(rule)
         return batch
 
-    return bool(nft.transact(build, f"ipMasq ({NAME}): tear down rules of {container_id}/{ifname}"))
+    nft.transact(build, f"ipMasq ({NAME}): tear down rules of {container_id}/{ifname}")
 
 
 def missing(nft: nf.NfTables, network: str, container_id: str, ifname: str,
@@ -150,26 +146,22 @@ def missing(nft: nf.NfTables, network: str, container_id: str, ifname: str,
     for address in addresses:
         sources = {(bytes(v.ljust(len(address.packed), b"\0")), p)
                    for r in mine for off, v, p, _ in nf.addr_matches(r)
-                   if off == _SRC_OFFSET[address.family]}
+                   if off == nf.SADDR_OFFSET[address.family]}
         if (address.packed, address.bits) not in sources:
             gaps.append(f"{where}: ip saddr {address.text} masquerade")
     return gaps
 
 
-def gc(nft: nf.NfTables, network: str, valid: set[tuple[str, str]]) -> int:
-    """Delete the network's rules whose comment is not that of a valid attachment; return
-    how many went."""
-    if not table_exists(nft):
-        return 0
+def gc(nft: nf.NfTables, network: str, valid: set[tuple[str, str]]) -> None:
+    """Delete the network's rules whose comment is not that of a valid attachment."""
     keep = {naming.nft_comment(network, ifname, container_id) for container_id, ifname in valid}
+    network_prefix = naming.nft_network_prefix(network)
 
     def build() -> nf.Batch:
         batch = nf.Batch()
-        network_prefix = naming.nft_network_prefix(network)
         for rule in _matching(_masq_rules(nft, network_prefix), network_prefix):
             if rule.comment not in keep:
                 batch.delete_rule(rule)
         return batch
 
-    return len(nft.transact(build, f"ipMasq ({NAME}): collect the stale rules of {network}")
-               .messages)
+    nft.transact(build, f"ipMasq ({NAME}): collect the stale rules of {network}")

@@ -59,18 +59,6 @@ def _ask_variant(path: str) -> str:
     return "nft" if code == 0 and b"nf_tables" in out else "legacy"
 
 
-def nf_tables_problem() -> str | None:
-    """Why nf_tables cannot be used in this netns (None: it can): one harmless query."""
-    from .. import nfnetlink as nf
-
-    try:
-        with nf.NfTables() as nft:
-            nft.has_table(nf.INET, "cni_plugins_probe")
-    except OSError as e:
-        return f"the kernel's nf_tables does not answer ({e})"
-    return None
-
-
 def legacy_problem() -> str | None:
     """Why the legacy x_tables cannot be used (None: they can): the kernel must have them,
     loaded (their /proc file) or as a module python-iptables can load."""
@@ -96,23 +84,21 @@ def _exists(path: str) -> bool:
 
 def choose(setting: str | None) -> str:
     """The backend ADD writes to for `ipMasqBackend` (None: unset); MasqueradeError (code 102
-    to the runtime) when it cannot be used, naming what is missing."""
+    to the runtime) when it cannot be used, naming what is missing.
+
+    nf_tables is not probed here: when the kernel lacks it, both of its backends are unusable
+    (so falling back changes nothing), and the setup says so in one line, naming the backend."""
     if setting == NFTABLES:
-        problem = nf_tables_problem()
-        if problem:
-            raise error(f'ipMasqBackend "nftables" cannot be used: {problem}')
         return NFTABLES
     found = host_iptables()
-    backend = None if found is None else (IPTABLES_NFT if found[1] == "nft" else LEGACY)
-    problem = (f"no iptables command (looked in {':'.join(_search_dirs())})" if found is None
-               else nf_tables_problem() if backend == IPTABLES_NFT else legacy_problem())
+    if found is None:
+        problem = f"no iptables command (looked in {':'.join(_search_dirs())})"
+    elif found[1] == "nft":
+        return IPTABLES_NFT
+    else:
+        problem = legacy_problem()
+        if problem is None:
+            return LEGACY
     if setting == "iptables":
-        if problem:
-            raise error(f'ipMasqBackend "iptables" cannot be used: {problem}')
-        return backend
-    if not problem:
-        return backend
-    nft_problem = nf_tables_problem()
-    if nft_problem:
-        raise error(f"no usable masquerade backend: iptables: {problem}; nftables: {nft_problem}")
-    return NFTABLES
+        raise error(f'ipMasqBackend "iptables" cannot be used: {problem}')
+    return NFTABLES  # unset: iptables is unusable, so nftables
