@@ -353,7 +353,7 @@ class Netfilter:
     def macspoof_chains(self) -> list[str]:
         """Every attachment's own macspoofchk chain (not its `-mac` one), for the node report."""
         table = self.nft(MACSPOOF_TABLE)
-        prefix = naming.macspoof_chain("", "")[:-1]  # "cni-br-iface-", before <ID>-<ifname>
+        prefix = naming.MACSPOOF_CHAIN_PREFIX
         return sorted(c for c in (table.chains if table else ())
                       if c.startswith(prefix) and not c.endswith("-mac"))
 

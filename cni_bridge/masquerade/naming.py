@@ -30,6 +30,7 @@ NFT_COMMENT_MAX = 128  # bytes, as knftables cuts them
 NFT_INSTANCE_PREFIX_LENGTH = 33  # "<16 hex>-<16 hex>"
 
 MACSPOOF_TABLE = "nat"  # family bridge
+MACSPOOF_CHAIN_PREFIX = "cni-br-iface-"
 MACSPOOF_BASE_CHAIN = "PREROUTING"
 MACSPOOF_PRIORITY = -300
 
@@ -83,7 +84,7 @@ def nft_comment(network: str, ifname: str, container_id: str) -> bytes:
 
 def macspoof_chain(container_id: str, ifname: str) -> str:
     """The attachment's own chain in ``bridge nat``; its MAC check is this + ``-mac``."""
-    return f"cni-br-iface-{container_id}-{ifname}"
+    return f"{MACSPOOF_CHAIN_PREFIX}{container_id}-{ifname}"
 
 
 def macspoof_comment(container_id: str, ifname: str) -> str:
