@@ -417,14 +417,7 @@ class NetlinkSocket:
         replies = []
         interrupted = False
         while True:
-            data = self._sock.recv(_RECV_SIZE)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, rtype, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size or offset + length > len(data):
-                    raise NetlinkError(errno.EMSGSIZE, f"{what}: truncated netlink message")
-                body = data[offset + _NLMSGHDR.size : offset + length]
-                offset += (length + 3) & ~3
+            for rtype, rflags, rseq, body in self._receive(what):
                 if rseq != seq:
                     continue  # leftover answer to an earlier, abandoned request
                 interrupted = interrupted or bool(rflags & NLM_F_DUMP_INTR)
@@ -443,6 +436,17 @@ class NetlinkSocket:
                 replies.append(body)
                 if not rflags & NLM_F_MULTI and not flags & NLM_F_ACK:
                     return replies
+
+    def _receive(self, what: str):
+        """(type, flags, sequence number, body) of each message of one read of the socket."""
+        data = self._sock.recv(_RECV_SIZE)
+        offset = 0
+        while offset + _NLMSGHDR.size <= len(data):
+            length, rtype, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, offset)
+            if length < _NLMSGHDR.size or offset + length > len(data):
+                raise NetlinkError(errno.EMSGSIZE, f"{what}: truncated netlink message")
+            yield rtype, rflags, rseq, data[offset + _NLMSGHDR.size : offset + length]
+            offset += (length + 3) & ~3
 
     def _ack(self, msg_type: int, payload: bytes, what: str, flags: int = 0) -> None:
         self._request(msg_type, flags | NLM_F_ACK, payload, what)

@@ -487,14 +487,7 @@ class NfTables(NetlinkSocket):
         self._sock.send(data)
         first_error = None
         while True:
-            data = self._sock.recv(65536)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, rtype, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size or offset + length > len(data):
-                    raise NfTablesError(errno.EMSGSIZE, f"{what}: truncated netlink message")
-                body = data[offset + _NLMSGHDR.size: offset + length]
-                offset += (length + 3) & ~3
+            for rtype, rflags, rseq, body in self._receive(what):
                 if rtype != NLMSG_ERROR:
                     continue
                 code = -_I32.unpack_from(body)[0]
@@ -505,6 +498,7 @@ class NfTables(NetlinkSocket):
                     if first_error is not None:
                         raise first_error
                     return
+
 
 def _nft_error(code: int, what: str, kernel_says: str, index: int, batch: Batch) -> NetlinkError:
     """The domain error for a failed transaction, naming the message that failed."""
