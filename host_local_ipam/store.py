@@ -256,14 +256,21 @@ class DiskStore:
                 if data in (full, legacy) and name != RESERVING_NAME]
 
     def release_by_id(self, container_id: str, ifname: str) -> list[str]:
-        """Every file of the attachment; id-only (pre-0.8) files if there are none."""
+        """Every file of the attachment; id-only (pre-0.8) files if there are none.
+
+        A reservation's temp file goes too, whoever's it is: under the lock no reservation is
+        under way, so it is a crash's leftover (an ADD killed before it wrote the file leaves
+        it empty: nothing would match it), and it never holds an address by itself (a lease
+        already linked from it is another name of the same file, which stays)."""
         entries = self._entries()
+        if any(name == RESERVING_NAME for name, _ in entries):
+            self.release(RESERVING_NAME)
         for match in (_content(container_id, ifname), container_id.strip()):
-            names = [name for name, data in entries if data == match]
+            names = [name for name, data in entries if data == match and name != RESERVING_NAME]
             if names:
                 for name in names:
                     self.release(name)
-                return [n for n in names if n != RESERVING_NAME]
+                return names
         return []
 
     def leases(self) -> list[tuple[str, str, str | None]]:

@@ -719,6 +719,21 @@ def test_check(ours, tmp_path):
     error(ours.run("CHECK", conf, cid="a", ifname="eth1"), 101, version="1.0.0")
 
 
+@pytest.mark.parametrize("leftover", [b"", b"someone-else\r\neth0"], ids=["empty", "another's"])
+def test_del_removes_a_crashed_reservations_temp_file_and_no_lease(ours, tmp_path, leftover):
+    """An ADD killed between creating the temp file and writing it leaves it empty, which no
+    attachment's content matches; under the lock any temp file is a crash's, and a lease
+    already linked from it (another name of the same file) stays."""
+    conf = netconf(tmp_path)
+    net = tmp_path / "testnet"
+    ok(ours.run("ADD", conf, cid="keep"))
+    (net / ".reserving.tmp").write_bytes(leftover)
+    os.link(net / ".reserving.tmp", net / "10.1.2.50")
+    ok(ours.run("DEL", conf, cid="gone"))
+    assert not (net / ".reserving.tmp").exists()
+    assert leases(net) == {"10.1.2.2": lease("keep"), "10.1.2.50": leftover}
+
+
 # --- GC and STATUS (spec 1.1.0) ----------------------------------------------------------------
 
 @pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
