@@ -60,7 +60,6 @@ RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
 RTM_NEWROUTE = 24
-RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 
 # link attributes (linux/if_link.h)
@@ -99,7 +98,6 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_BROADCAST = 4
 IFA_FLAGS = 8
-IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 IFA_F_PERMANENT = 0x80
@@ -116,8 +114,6 @@ RTAX_ADVMSS = 8
 RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
-RT_SCOPE_HOST = 254
-RT_SCOPE_NOWHERE = 255  # in a delete request: "any scope"
 RTPROT_BOOT = 3  # what `ip route add` uses for administrator-added routes
 RTN_UNICAST = 1
 RTM_F_CLONED = 0x200  # cached clone, not a configured route
@@ -129,7 +125,6 @@ _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 _BRIDGE_VLAN_INFO = struct.Struct("=HH")  # flags, vid
 _U8 = struct.Struct("=B")
-_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 
@@ -155,7 +150,7 @@ class NotFound(NetlinkError):
 
 
 _NOT_FOUND = (errno.ENODEV, errno.ENOENT, errno.ESRCH)
-_DELETES = (RTM_DELLINK, RTM_DELADDR, RTM_DELROUTE)
+_DELETES = (RTM_DELLINK, RTM_DELADDR)
 
 
 def _error(code: int, what: str, kernel_says: str, msg_type: int) -> NetlinkError:
@@ -188,10 +183,6 @@ def _nest(kind: int, *children: bytes) -> bytes:
 
 def _u8(kind: int, value: int) -> bytes:
     return _attr(kind, _U8.pack(value))
-
-
-def _u16(kind: int, value: int) -> bytes:
-    return _attr(kind, _U16.pack(value))
 
 
 def _u32(kind: int, value: int) -> bytes:
@@ -481,9 +472,6 @@ class Netlink(NetlinkSocket):
             return None
         return Link(replies[0])
 
-    def list_links(self) -> list[Link]:
-        return [Link(body) for body in self._dump(RTM_GETLINK, _ifinfomsg(), "list links")]
-
     def _create_link(self, name: str, attrs: bytes, what: str) -> None:
         payload = _ifinfomsg() + _str(IFLA_IFNAME, name) + attrs
         self._ack(RTM_NEWLINK, payload, what, NLM_F_CREATE | NLM_F_EXCL)
@@ -644,15 +632,6 @@ class Netlink(NetlinkSocket):
             attrs += _nest(RTA_METRICS, metrics)
         header = _route_msg(family, prefixlen, table, RTPROT_BOOT, scope, RTN_UNICAST)
         self._ack(RTM_NEWROUTE, header + attrs, f"add route {dst}/{prefixlen}", NLM_F_CREATE | NLM_F_EXCL)
-
-    def del_route(self, dst: str, prefixlen: int, gw: str | None = None, oif: int | None = None,
-                  table: int | None = None, priority: int | None = None) -> None:
-        """Delete the route matching what is given; NotFound if there is none."""
-        table = RT_TABLE_MAIN if table is None else table
-        family, attrs = _route_attrs(dst, prefixlen, gw, oif, table, priority)
-        # Protocol 0 and scope NOWHERE mean "match any" to the kernel.
-        header = _route_msg(family, prefixlen, table, 0, RT_SCOPE_NOWHERE, 0)
-        self._ack(RTM_DELROUTE, header + attrs, f"delete route {dst}/{prefixlen}")
 
 
 def _extack_message(body: bytes, flags: int) -> str:

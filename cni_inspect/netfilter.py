@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from cni_bridge.masquerade import naming
 
 IPTABLES_BACKENDS = ("legacy", "iptables-nft")
-BACKENDS = (*IPTABLES_BACKENDS, "nftables")
 SAVE_TOOLS = {("legacy", 4): "iptables-legacy-save", ("legacy", 6): "ip6tables-legacy-save",
               ("iptables-nft", 4): "iptables-nft-save", ("iptables-nft", 6): "ip6tables-nft-save"}
 LIST_TOOLS = {("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy",

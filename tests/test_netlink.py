@@ -531,21 +531,19 @@ def test_wait_addresses_settled_reports_duplicate_address(node, pod):
 
 
 @root_only
-def test_get_link_list_links_and_set_link(node, pod):
+def test_get_link_and_set_link(node, pod):
     sh("ip", "-n", node, "link", "add", "a0", "type", "veth", "peer", "name", "b0")
     result = run_in(node, """
         nl = Netlink()
         a = nl.get_link("a0")
         by_index = nl.get_link(a.index)
-        names = sorted(l.name for l in nl.list_links())
         nl.set_link(a.index, up=True, mtu=1280, mac="02:00:00:00:00:aa")
         after = nl.get_link("a0")
-        out({"a": link_info(a), "same": link_info(by_index) == link_info(a), "names": names,
+        out({"a": link_info(a), "same": link_info(by_index) == link_info(a),
              "missing_name": link_info(nl.get_link("nope0")), "missing_index": link_info(nl.get_link(424242)),
              "after": link_info(after)})
     """)
     kernel_a, kernel_b = kernel_link(node, "a0"), kernel_link(node, "b0")
-    assert result["names"] == sorted(["lo", "a0", "b0"])
     assert result["same"] is True
     assert result["missing_name"] is None and result["missing_index"] is None
     a = result["a"]
@@ -641,7 +639,7 @@ def test_addresses_add_list_delete(node):
 
 
 @root_only
-def test_routes_add_list_delete(node):
+def test_routes_add_and_list(node):
     for cmd in (["link", "add", "r0", "type", "veth", "peer", "name", "r1"],
                 ["addr", "add", "10.9.0.1/24", "dev", "r0"],
                 ["addr", "add", "2001:db8:9::1/64", "dev", "r0", "nodad"],
@@ -688,24 +686,6 @@ def test_routes_add_list_delete(node):
     v6 = {(r["dst"], r["prefixlen"]): r for r in added["v6"]}
     assert v6[("2001:db8:20::", 48)]["gw"] == "2001:db8:9::fe"
 
-    deleted = run_in(node, """
-        nl = Netlink()
-        results = []
-        for args, kwargs in ((("10.20.0.0", 16), {}), (("10.21.0.0", 16), {"priority": 50}),
-                             (("10.22.0.0", 16), {"table": 100}), (("0.0.0.0", 0), {}),
-                             (("2001:db8:20::", 48), {})):
-            nl.del_route(*args, **kwargs)
-            try:
-                nl.del_route(*args, **kwargs)
-                results.append(None)
-            except netlink.NetlinkError as e:
-                results.append(error_info(e))
-        out(results)
-    """)
-    assert [(r["type"], r["errno"]) for r in deleted] == [("NotFound", 3)] * 5
-    assert [r["dst"] for r in ip_json(node, "route", "show", "table", "main")] == ["10.9.0.0/24"]
-    assert ip_json(node, "route", "show", "table", "100") == []
-    assert "2001:db8:20::/48" not in {r["dst"] for r in ip_json(node, "-6", "route", "show")}
 
 
 # -- gateway address and forwarding --------------------------------------------------------

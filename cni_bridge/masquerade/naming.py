@@ -17,7 +17,6 @@ LEGACY, IPTABLES_NFT, NFTABLES = "legacy", "iptables-nft", "nftables"  # the bac
 
 IPTABLES_CHAIN_PREFIX = "CNI-"
 IPTABLES_CHAIN_LENGTH = 28  # "CNI-" + 24 hex: within iptables' 29-byte chain names
-IPTABLES_COMMENT_MAX = 255  # bytes; iptables cuts longer comments (xt_comment_info)
 MULTICAST = {4: "224.0.0.0/4", 6: "ff00::/8"}
 
 NFT_TABLE = "cni_plugins_masquerade"  # family inet
@@ -27,7 +26,6 @@ NFT_MASQ_CHAIN_COMMENT = ("Masquerade traffic from certain IPs to any (non-multi
                           "their subnet")
 NFT_POSTROUTING_CHAIN = "postrouting"
 NFT_COMMENT_MAX = 128  # bytes, as knftables cuts them
-NFT_INSTANCE_PREFIX_LENGTH = 33  # "<16 hex>-<16 hex>"
 
 MACSPOOF_TABLE = "nat"  # family bridge
 MACSPOOF_CHAIN_PREFIX = "cni-br-iface-"
