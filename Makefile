@@ -9,6 +9,9 @@ EXTRACT_ROOT ?= /var/cache/cni-python
 IPTC_VERSION := 1.2.0
 PYROUTE2_VERSION := 0.9.7
 SHIV_VERSION := 1.0.8
+# The CRI test's client (tests/e2e/cri.py): gRPC and protobuf messages, no code generator.
+GRPCIO_VERSION := 1.85.3
+PROTOBUF_VERSION := 7.36.2
 
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
 	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc time
@@ -38,7 +41,8 @@ venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check shiv==$(SHIV_VERSION) pytest \
-		python-iptables==$(IPTC_VERSION) hypothesis==6.170.15 pyroute2==$(PYROUTE2_VERSION)
+		python-iptables==$(IPTC_VERSION) hypothesis==6.170.15 pyroute2==$(PYROUTE2_VERSION) \
+		grpcio==$(GRPCIO_VERSION) protobuf==$(PROTOBUF_VERSION)
 	touch $@
 
 build/site-host-local: $(HOST_LOCAL_SRC)

@@ -109,10 +109,7 @@ def test_del_with_empty_netns_removes_masquerade_rules(node, containers, stopped
     for ip in containers.values():
         assert any(f"-s {ip}/32" in rules for rules in nat_before.values()), \
             f"no masquerade rule for {ip} while running: {nat_before}"
-    leftovers = {backend: [line for line in rules.splitlines()
-                           if "CNI-" in line or any(ip in line for ip in containers.values())]
-                 for backend, rules in node.nat_tables().items()}
-    leftovers = {backend: lines for backend, lines in leftovers.items() if lines}
+    leftovers = node.masquerade_rules(list(containers.values()))
     if leftovers and is_reference(node.plugin_dir):
         pytest.xfail("the reference bridge leaves its ipMasq rules behind on a DEL without "
                      "netns (containernetworking/plugins#810)")

@@ -1,8 +1,8 @@
 """Shared by the end-to-end tests: root checks, signal handling, the cluster tool.
 
 The plugins under test come from the `zipapp` fixture of tests/conftest.py (CNI_TEST_PLUGIN_DIR,
-default dist/). CNI_TEST_PLUGIN_DIR=/usr/lib/cni runs the same tests against Debian's reference
-Go plugins.
+default dist/). CNI_TEST_PLUGIN_DIR=/usr/lib/cni (or ../shared/reference-v1.9.1) runs the same
+tests against Debian's (or upstream's newest) reference Go plugins.
 """
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def plugins_under_test(zipapp) -> Path:
 
 
 def is_reference(plugins: Path) -> bool:
-    """True when the bridge under test is the Go reference one."""
-    return (plugins / "bridge").resolve() == REFERENCE_DIR / "bridge"
+    """True when the bridge under test is a Go reference one: Debian's or upstream's newest."""
+    return (plugins / "bridge").resolve() in (REFERENCE_DIR / "bridge",
+                                              UPSTREAM_DIR.resolve() / "bridge")
 
 
 @contextlib.contextmanager

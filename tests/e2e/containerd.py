@@ -4,7 +4,9 @@ containerd runs in its own netns (NAME-node) and in a private mount namespace in
 /etc/cni/net.d, /opt/cni/bin, /var/lib/cni and /run/containerd are bind mounts of dirs under
 the work dir (tests/e2e/node_init.py). Every ctr call joins both namespaces: `ctr run --cni`
 runs libcni inside the ctr process, which reads the fixed /etc/cni/net.d and /opt/cni/bin, and
-ctr puts its stdio fifos under /run/containerd.
+ctr puts its stdio fifos under /run/containerd. With cri=True the CRI plugin is on instead:
+containerd itself then runs libcni, in the node netns, with the same conf and plugin dirs, and
+makes each pod's netns under its state dir, in its own mount namespace.
 
 /opt/cni/bin holds a logging wrapper per plugin (tests/e2e/cni_wrapper.py) around a copy of the
 plugin under test, so the calls log shows what ran. close() removes every process, namespace,
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,8 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from . import REFERENCE_DIR
+
 HERE = Path(__file__).resolve().parent
 IMAGE = "localhost/e2e/busybox:latest"
+PAUSE_IMAGE = "localhost/e2e/pause:latest"
+CRI_NAMESPACE = "k8s.io"  # where the CRI plugin looks for images
 SHADOWED = ("/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/run/containerd")
 PACKAGES = ("containerd", "runc", "busybox-static")
 
@@ -30,7 +37,7 @@ CONFIG = """\
 version = 2
 root = "{w}/root"
 state = "{w}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 [grpc]
   address = "{w}/containerd.sock"
 [debug]
@@ -40,6 +47,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = "{w}/opt"
+"""
+# The CRI plugin: no CAP_SYS_RESOURCE here (the sandbox's oom_score_adj -998 would kill runc),
+# pod netns under the state dir rather than /run/netns, the node's conf and plugin dirs.
+CRI_CONFIG = """\
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "{pause}"
+    netns_mounts_under_state_dir = true
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{w}/cni-bin"
+      conf_dir = "{w}/net.d"
 """
 
 
@@ -87,10 +105,12 @@ def cgroup_dirs(name: str, pid: int | str = "self") -> list[Path]:
 
 
 class ContainerdNode:
-    def __init__(self, workdir: Path, plugin_dir: Path, confs: list[Path], name: str):
+    def __init__(self, workdir: Path, plugin_dir: Path, confs: list[Path], name: str,
+                 cri: bool = False):
         self.w = Path(workdir)
         self.plugin_dir = plugin_dir
         self.confs = confs
+        self.cri = cri
         self.netns = f"{name}-node"
         self.cgroup = name  # containers go to <our cgroup>/<name>/<id> in each hierarchy
         self.sock = self.w / "containerd.sock"
@@ -105,12 +125,18 @@ class ContainerdNode:
     # -- start ---------------------------------------------------------------------------------
 
     def _install_plugins(self) -> None:
-        """Wrappers in bin/ (the node's /opt/cni/bin) around copies of the plugins in real/."""
+        """Wrappers in bin/ (the node's /opt/cni/bin) around copies of the plugins in real/.
+        The CRI plugin also runs loopback for every pod: the plugin dir's if it has one (the Go
+        reference dirs do), else Debian's; the project has none of its own."""
         bin_dir, real = self.w / "cni-bin", self.w / "cni-real"
         bin_dir.mkdir()
         real.mkdir()
-        for name in ("bridge", "host-local"):
-            shutil.copy2(self.plugin_dir / name, real / name)
+        sources = {name: self.plugin_dir / name for name in ("bridge", "host-local")}
+        if self.cri:
+            loopback = self.plugin_dir / "loopback"
+            sources["loopback"] = loopback if loopback.exists() else REFERENCE_DIR / "loopback"
+        for name, source in sources.items():
+            shutil.copy2(source, real / name)
             wrapper = bin_dir / name
             wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'cni_wrapper.py'} "
                                f"{real / name} {self.calls_log}\n")
@@ -123,7 +149,9 @@ class ContainerdNode:
             shutil.copy(conf, self.w / "net.d" / conf.name)
         self._install_plugins()
         config = self.w / "containerd.toml"
-        config.write_text(CONFIG.format(w=self.w))
+        disabled = "" if self.cri else 'disabled_plugins = ["io.containerd.grpc.v1.cri"]'
+        config.write_text(CONFIG.format(w=self.w, disabled=disabled)
+                          + (CRI_CONFIG.format(w=self.w, pause=PAUSE_IMAGE) if self.cri else ""))
         run(["ip", "netns", "add", self.netns])
         self._made_netns = True
         sources = (self.w / "net.d", self.w / "cni-bin", self.cni_state,
@@ -158,8 +186,12 @@ class ContainerdNode:
     def ctr(self, *args, check=True, timeout=60) -> subprocess.CompletedProcess:
         return run(self.ctr_cmd(*args), check=check, timeout=timeout)
 
-    def import_image(self, tarball: Path) -> None:
-        self.ctr("images", "import", tarball)
+    def import_image(self, tarball: Path, namespace: str = "default") -> None:
+        self.ctr("-n", namespace, "images", "import", tarball)
+
+    def unmount(self, path: str | Path) -> None:
+        """Unmount in containerd's mount namespace, where the CRI plugin pins each pod's netns."""
+        run(["nsenter", "-t", str(self.containerd.pid), "-m", "umount", path])
 
     def tasks(self) -> dict[str, str]:
         lines = self.ctr("task", "ls").stdout.splitlines()[1:]
@@ -219,6 +251,14 @@ class ContainerdNode:
         if shutil.which("nft"):
             tables["nft"] = self.in_node("nft", "list", "ruleset").stdout
         return tables
+
+    def masquerade_rules(self, ips: list[str]) -> dict[str, list[str]]:
+        """Per backend, the nat lines naming a CNI- chain or one of `ips`; backends with none
+        are left out, so {} means no masquerading left anywhere."""
+        mentions = re.compile("|".join(["CNI-", *(rf"\b{re.escape(ip)}\b" for ip in ips)]))
+        found = {backend: [line for line in rules.splitlines() if mentions.search(line)]
+                 for backend, rules in self.nat_tables().items()}
+        return {backend: lines for backend, lines in found.items() if lines}
 
     def veths(self) -> list[str]:
         links = json.loads(run(["ip", "-n", self.netns, "-j", "link", "show", "type", "veth"])

@@ -52,14 +52,16 @@ def busybox_layer(busybox: str = BUSYBOX) -> bytes:
     return buf.getvalue()
 
 
-def build_busybox_image(out: Path, name: str = "localhost/e2e/busybox:latest") -> Path:
-    """Write the image as a docker-archive tarball at `out` and return it."""
+def build_busybox_image(out: Path, name: str = "localhost/e2e/busybox:latest",
+                        cmd: tuple[str, ...] = ("/bin/sh",)) -> Path:
+    """Write the image as a docker-archive tarball at `out` and return it. A CRI sandbox
+    ("pause") image is the same layer with a `cmd` that sleeps for ever."""
     layer = busybox_layer()
     diff_id = hashlib.sha256(layer).hexdigest()
     config = json.dumps({
         "architecture": GOARCH.get(platform.machine(), platform.machine()),
         "os": "linux",
-        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
     }, sort_keys=True).encode()
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
