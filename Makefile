@@ -25,7 +25,7 @@ BUILD_ID_FROM := cni_protocol host_local_ipam cni_bridge
 NAMING_SRC := cni_bridge/__init__.py cni_bridge/masquerade/__init__.py cni_bridge/masquerade/naming.py
 INSPECT_SRC := $(NAMING_SRC) $(shell find cni_inspect -name '*.py')
 
-.PHONY: all deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam clean
+.PHONY: all deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam bench-cri clean
 
 all: zipapps
 
@@ -141,6 +141,12 @@ bench-ipam: deps zipapps
 	cp /usr/lib/cni/bridge build/ipam-mix/ && cp dist/host-local build/ipam-mix/
 	$(PYTHON) $(CNIBENCH) --plugin-dir build/ipam-mix --compare /usr/lib/cni $(BENCH_FLAGS) \
 		--json build/bench-ipam.json | tee build/bench-ipam.txt
+
+# Pods through containerd's CRI (what kubelet calls), ours against the Go plugins.
+CRI_BENCH_FLAGS ?= --pods 30 --parallel 10 --rounds 3
+bench-cri: deps zipapps venv
+	$(VENV)/bin/python bench/cri.py --plugin-dir dist --compare /usr/lib/cni $(CRI_BENCH_FLAGS) \
+		| tee build/bench-cri.txt
 
 clean:
 	rm -rf build dist $(VENV) .pytest_cache

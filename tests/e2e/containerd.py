@@ -106,8 +106,11 @@ def cgroup_dirs(name: str, pid: int | str = "self") -> list[Path]:
 
 class ContainerdNode:
     def __init__(self, workdir: Path, plugin_dir: Path, confs: list[Path], name: str,
-                 cri: bool = False):
+                 cri: bool = False, log_calls: bool = True):
+        """log_calls=False: the plugins themselves in /opt/cni/bin, without the logging wrapper
+        (a Python process per call), for timing them (bench/cri.py)."""
         self.w = Path(workdir)
+        self.log_calls = log_calls
         self.plugin_dir = plugin_dir
         self.confs = confs
         self.cri = cri
@@ -125,7 +128,8 @@ class ContainerdNode:
     # -- start ---------------------------------------------------------------------------------
 
     def _install_plugins(self) -> None:
-        """Wrappers in bin/ (the node's /opt/cni/bin) around copies of the plugins in real/.
+        """Wrappers in bin/ (the node's /opt/cni/bin) around copies of the plugins in real/
+        (with log_calls=False, the copies themselves in bin/).
         The CRI plugin also runs loopback for every pod: the plugin dir's if it has one (the Go
         reference dirs do), else Debian's; the project has none of its own."""
         bin_dir, real = self.w / "cni-bin", self.w / "cni-real"
@@ -136,6 +140,9 @@ class ContainerdNode:
             loopback = self.plugin_dir / "loopback"
             sources["loopback"] = loopback if loopback.exists() else REFERENCE_DIR / "loopback"
         for name, source in sources.items():
+            if not self.log_calls:
+                shutil.copy2(source, bin_dir / name)
+                continue
             shutil.copy2(source, real / name)
             wrapper = bin_dir / name
             wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'cni_wrapper.py'} "
