@@ -94,8 +94,10 @@ def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, backend: str | None
     # MAC until an address pins it.
     result["interfaces"][0]["mac"] = nl.get_link(bridge.index).mac
     result["interfaces"][1]["mac"] = host.mac
-    if cfg.dns:
-        result["dns"] = cfg.dns
+    if cfg.dns is not None:
+        result.pop("dns", None)
+        if cfg.dns:
+            result["dns"] = cfg.dns
     return result
 
 

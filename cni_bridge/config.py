@@ -134,10 +134,12 @@ def _vlan_trunk(entries: object) -> list[int]:
     return sorted(vids)
 
 
-def _dns_override(dns: object) -> dict:
-    """The conf's `dns`, if any field is set; it then replaces what IPAM returned."""
+def _dns_override(dns: object) -> dict | None:
+    """The conf's `dns` if it gives any list (an empty one too) or a domain: it then replaces
+    what IPAM returned, its empty fields left out (the reference's dnsConfSet). None: IPAM's
+    stands."""
     if dns is None:
-        return {}
+        return None
     if not isinstance(dns, dict):
         raise config_error("dns", "must be an object", dns)
     for key in ("nameservers", "search", "options"):
@@ -147,6 +149,9 @@ def _dns_override(dns: object) -> dict:
             raise config_error(f"dns.{key}", "must be a list of strings", value)
     if dns.get("domain") is not None and not isinstance(dns["domain"], str):
         raise config_error("dns.domain", "must be a string", dns["domain"])
+    if all(dns.get(key) is None for key in ("nameservers", "search", "options")) \
+            and not dns.get("domain"):
+        return None
     return {k: dns[k] for k in ("nameservers", "domain", "search", "options") if dns.get(k)}
 
 

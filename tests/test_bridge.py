@@ -610,6 +610,14 @@ def test_dns_in_the_conf_overrides_what_ipam_returns(node, tmp_path):
     assert from_ipam["dns"] == {"nameservers": ["192.0.2.53"], "search": ["ipam.example"]}
     dns = {"nameservers": ["10.32.0.10"], "search": ["svc.cluster.local"], "options": ["ndots:5"]}
     assert node.add(dict(conf, dns=dns), node.pod())["dns"] == dns
+    # As the reference's dnsConfSet: a list given, even empty, replaces IPAM's; null, an empty
+    # domain or no field at all leaves IPAM's.
+    assert "dns" not in node.add(dict(conf, dns={"nameservers": []}), node.pod())
+    assert node.add(dict(conf, dns={"search": []}), node.pod()).get("dns") is None
+    assert node.add(dict(conf, dns={"nameservers": [], "domain": "d.example"}), node.pod())["dns"] \
+        == {"domain": "d.example"}
+    for kept in ({}, {"domain": ""}, {"search": None}):
+        assert node.add(dict(conf, dns=kept), node.pod())["dns"] == from_ipam["dns"], kept
 
 
 @pytest.mark.parametrize("ipam", [None, {}], ids=["no-ipam", "empty-ipam"])
