@@ -110,7 +110,8 @@ def _check_routes(nl: Netlink, routes: list) -> None:
             tables[family] = nl.list_routes(family, table=None)  # a route may name its table
         table = route.get("table") or RT_TABLE_MAIN
         found = any(r.dst == dst and str(r.prefixlen) == prefixlen and r.table == table
-                    and (not route.get("gw") or r.gw == route["gw"]) for r in tables[family])
+                    and (not route.get("gw") or any(gw == route["gw"] for gw, _ in r.nexthops))
+                    for r in tables[family])
         if not found:
             raise _fail(f"Failed to find expected route {route.get('dst')} via "
                         f"{route.get('gw', 'the default gateway')}")

@@ -108,6 +108,7 @@ RTA_OIF = 4
 RTA_GATEWAY = 5
 RTA_PRIORITY = 6
 RTA_METRICS = 8
+RTA_MULTIPATH = 9
 RTA_TABLE = 15
 RTAX_MTU = 2
 RTAX_ADVMSS = 8
@@ -123,6 +124,7 @@ _NLATTR = struct.Struct("=HH")  # len, type
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex; then the hop's attributes
 _BRIDGE_VLAN_INFO = struct.Struct("=HH")  # flags, vid
 _U8 = struct.Struct("=B")
 _U32 = struct.Struct("=I")
@@ -316,10 +318,12 @@ class Addr:
 
 
 class Route:
-    """One route (RTM_NEWROUTE). `dst` is the zero address for a default route."""
+    """One route (RTM_NEWROUTE). `dst` is the zero address for a default route. `nexthops`:
+    (gateway, oif) of each path; a multipath route (IPv6 merges routes to one destination via
+    several gateways into one) has several, and no `gw` or `oif` of its own."""
 
-    __slots__ = ("family", "dst", "prefixlen", "gw", "oif", "table", "scope", "priority",
-                 "protocol", "type", "mtu", "advmss")
+    __slots__ = ("family", "dst", "prefixlen", "gw", "oif", "nexthops", "table", "scope",
+                 "priority", "protocol", "type", "mtu", "advmss")
 
     def __init__(self, body: bytes):
         (self.family, self.prefixlen, _src_len, _tos, table, self.protocol,
@@ -330,6 +334,9 @@ class Route:
         gw = attrs.get(RTA_GATEWAY)
         self.gw = _socket.inet_ntop(self.family, gw) if gw else None
         self.oif = _get_u32(attrs[RTA_OIF]) if RTA_OIF in attrs else None
+        multipath = attrs.get(RTA_MULTIPATH)
+        self.nexthops = (_nexthops(self.family, multipath) if multipath
+                         else [(self.gw, self.oif)])
         self.table = _get_u32(attrs[RTA_TABLE]) if RTA_TABLE in attrs else table
         self.priority = _get_u32(attrs[RTA_PRIORITY]) if RTA_PRIORITY in attrs else None
         metrics = _attrs(attrs[RTA_METRICS]) if RTA_METRICS in attrs else {}
@@ -339,6 +346,19 @@ class Route:
     def __repr__(self) -> str:
         return (f"Route({self.dst}/{self.prefixlen}, gw={self.gw}, oif={self.oif}, "
                 f"table={self.table}, scope={self.scope})")
+
+
+def _nexthops(family: int, data: bytes) -> list[tuple[str | None, int]]:
+    """RTA_MULTIPATH's paths: struct rtnexthop, then that path's attributes, 4-byte aligned."""
+    hops, offset = [], 0
+    while offset + _RTNEXTHOP.size <= len(data):
+        length, _flags, _hops, oif = _RTNEXTHOP.unpack_from(data, offset)
+        if length < _RTNEXTHOP.size:
+            break
+        gw = _attrs(data[offset + _RTNEXTHOP.size:offset + length]).get(RTA_GATEWAY)
+        hops.append((_socket.inet_ntop(family, gw) if gw else None, oif))
+        offset += (length + 3) & ~3
+    return hops
 
 
 def _route_msg(family: int, prefixlen: int, table: int, protocol: int, scope: int, rtype: int) -> bytes:
@@ -621,7 +641,9 @@ class Netlink(NetlinkSocket):
         """Add a unicast route; AlreadyExists if an identical one is there.
 
         Default scope follows `ip route`: link for an IPv4 route without gateway,
-        universe otherwise.
+        universe otherwise. Without NLM_F_EXCL, as the reference adds routes (netlink's
+        RouteAddEcmp): a route to a destination that has one via another gateway is added
+        beside it (IPv6 makes the two one multipath route), not refused.
         """
         table = RT_TABLE_MAIN if table is None else table
         family, attrs = _route_attrs(dst, prefixlen, gw, oif, table, priority)
@@ -631,7 +653,7 @@ class Netlink(NetlinkSocket):
         if metrics:
             attrs += _nest(RTA_METRICS, metrics)
         header = _route_msg(family, prefixlen, table, RTPROT_BOOT, scope, RTN_UNICAST)
-        self._ack(RTM_NEWROUTE, header + attrs, f"add route {dst}/{prefixlen}", NLM_F_CREATE | NLM_F_EXCL)
+        self._ack(RTM_NEWROUTE, header + attrs, f"add route {dst}/{prefixlen}", NLM_F_CREATE)
 
 
 def _extack_message(body: bytes, flags: int) -> str:

@@ -725,6 +725,26 @@ def test_add_of_an_existing_ifname_fails_and_keeps_the_first_attachment(node):
     assert node.leases() == {"10.22.0.2": "first\r\neth0"}
 
 
+def test_routes_to_one_destination_via_two_gateways_are_both_added_and_checked(node):
+    """As the reference adds them: IPv4 keeps two routes, IPv6 one multipath route with both
+    gateways; CHECK finds each route of the result in either form."""
+    pod = node.pod()
+    routes = [{"dst": "10.50.0.0/16", "gw": "10.22.0.253"}, {"dst": "10.50.0.0/16", "gw": "10.22.0.254"},
+              {"dst": "fd50::/48", "gw": "fd00:22::fd"}, {"dst": "fd50::/48", "gw": "fd00:22::fe"}]
+    conf = node.conf(ranges=[[{"subnet": SUBNET}], [{"subnet": SUBNET6}]])
+    conf["ipam"]["routes"] = routes
+    result = node.add(conf, pod)
+    assert result["routes"] == routes
+    assert sorted(r["gateway"] for r in node.routes(pod, "10.50.0.0/16")) == ["10.22.0.253", "10.22.0.254"]
+    (v6,) = ipj(pod, "-6", "route", "show", "fd50::/48")
+    assert sorted(n["gateway"] for n in v6["nexthops"]) == ["fd00:22::fd", "fd00:22::fe"]
+    node.cni("CHECK", conf, pod, prev=result).ok()
+    sh(IP, "-n", pod, "-6", "route", "del", "fd50::/48")
+    sh(IP, "-n", pod, "-6", "route", "add", "fd50::/48", "via", "fd00:22::fd")
+    err = node.cni("CHECK", conf, pod, prev=result).error
+    assert "fd50::/48 via fd00:22::fe" in err["msg"], err
+
+
 def test_check(node):
     pod = node.pod()
     conf = node.conf(isDefaultGateway=True)

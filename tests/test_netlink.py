@@ -638,13 +638,18 @@ def test_addresses_add_list_delete(node):
 # -- routes ------------------------------------------------------------------------------
 
 
-@root_only
-def test_routes_add_and_list(node):
+def add_uplink_r0(node: str) -> None:
+    """A veth r0 (peer r1), up, with 10.9.0.1/24 and 2001:db8:9::1/64: gateways to route via."""
     for cmd in (["link", "add", "r0", "type", "veth", "peer", "name", "r1"],
                 ["addr", "add", "10.9.0.1/24", "dev", "r0"],
                 ["addr", "add", "2001:db8:9::1/64", "dev", "r0", "nodad"],
                 ["link", "set", "r1", "up"], ["link", "set", "r0", "up"]):
         sh("ip", "-n", node, *cmd)
+
+
+@root_only
+def test_routes_add_and_list(node):
+    add_uplink_r0(node)
     added = run_in(node, """
         nl = Netlink()
         oif = nl.get_link("r0").index
@@ -685,6 +690,35 @@ def test_routes_add_and_list(node):
     assert [(r["dst"], r["gw"], r["table"]) for r in added["t100"]] == [("10.22.0.0", "10.9.0.254", 100)]
     v6 = {(r["dst"], r["prefixlen"]): r for r in added["v6"]}
     assert v6[("2001:db8:20::", 48)]["gw"] == "2001:db8:9::fe"
+
+
+@root_only
+def test_a_route_via_a_second_gateway_goes_beside_the_first(node):
+    """As the reference adds routes (no NLM_F_EXCL): IPv4 keeps two routes, IPv6 makes them
+    one multipath route, whose paths list_routes reports; an identical route is AlreadyExists."""
+    add_uplink_r0(node)
+    listed = run_in(node, """
+        nl = Netlink()
+        for dst, prefixlen, gws in (("10.20.0.0", 16, ("10.9.0.253", "10.9.0.254")),
+                                    ("2001:db8:20::", 48, ("2001:db8:9::fd", "2001:db8:9::fe"))):
+            for gw in gws:
+                nl.add_route(dst, prefixlen, gw=gw)
+        try:
+            nl.add_route("10.20.0.0", 16, gw="10.9.0.254")
+            again = None
+        except netlink.NetlinkError as e:
+            again = error_info(e)
+        oif = nl.get_link("r0").index
+        out({"oif": oif, "again": again,
+             "v4": [r.nexthops for r in nl.list_routes(AF_INET) if r.dst == "10.20.0.0"],
+             "v6": [r.nexthops for r in nl.list_routes(AF_INET6) if r.dst == "2001:db8:20::"]})
+    """)
+    assert listed["again"]["type"] == "AlreadyExists"
+    oif = listed["oif"]
+    assert sorted(listed["v4"]) == [[["10.9.0.253", oif]], [["10.9.0.254", oif]]]
+    assert listed["v6"] == [[["2001:db8:9::fd", oif], ["2001:db8:9::fe", oif]]]
+    kernel_v6 = [r for r in ip_json(node, "-6", "route", "show") if r["dst"] == "2001:db8:20::/48"]
+    assert [n["gateway"] for n in kernel_v6[0]["nexthops"]] == ["2001:db8:9::fd", "2001:db8:9::fe"]
 
 
 
