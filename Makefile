@@ -11,7 +11,7 @@ PYROUTE2_VERSION := 0.9.7
 SHIV_VERSION := 1.0.8
 
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
-	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc time
+	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc podman time
 
 PROTOCOL := $(shell find cni_protocol -name '*.py')
 HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
