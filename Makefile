@@ -14,7 +14,7 @@ GRPCIO_VERSION := 1.85.3
 PROTOBUF_VERSION := 7.36.2
 
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
-	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc time
+	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc podman time
 
 PROTOCOL := $(shell find cni_protocol -name '*.py')
 HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')

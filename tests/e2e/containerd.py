@@ -104,6 +104,32 @@ def cgroup_dirs(name: str, pid: int | str = "self") -> list[Path]:
     return dirs
 
 
+def remove_cgroups(name: str) -> list[str]:
+    """Kill what is left in the cgroups `name` (containers whose shim or conmon died), then rmdir
+    them; returns the ones that could not be removed."""
+    problems = []
+    for top in cgroup_dirs(name):
+        if not top.is_dir():
+            continue
+        dirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
+        for d in dirs:
+            for pid in (d / "cgroup.procs").read_text().split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for d in dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            else:
+                problems.append(f"could not remove cgroup {d}")
+    return problems
+
+
 class ContainerdNode:
     def __init__(self, workdir: Path, plugin_dir: Path, confs: list[Path], name: str,
                  cri: bool = False, log_calls: bool = True):
@@ -168,8 +194,9 @@ class ContainerdNode:
             self.containerd = subprocess.Popen(
                 ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
                  "--propagation", "private", "--", sys.executable, HERE / "node_init.py",
-                 host_ns, self.w, config,
-                 *(f"{target}={source}" for target, source in zip(SHADOWED, sources, strict=True))],
+                 host_ns, self.w,
+                 *(f"{target}={source}" for target, source in zip(SHADOWED, sources, strict=True)),
+                 "--", "containerd", "--config", config],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + 30
@@ -309,7 +336,7 @@ class ContainerdNode:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        problems += self._remove_cgroups()
+        problems += remove_cgroups(self.cgroup)
         if self._made_netns and os.path.exists(f"/run/netns/{self.netns}"):
             run(["ip", "netns", "del", self.netns], check=False)
         shutil.rmtree(self.w, ignore_errors=True)
@@ -320,28 +347,4 @@ class ContainerdNode:
                 problems.append(f"{path} appeared on the host")
         if "cnio0" in run(["ip", "-o", "link", "show"]).stdout:
             problems.append("cnio0 appeared in the root netns")
-        return problems
-
-    def _remove_cgroups(self) -> list[str]:
-        """Kill what is left in our cgroups (containers whose shim died), then rmdir them."""
-        problems = []
-        for top in cgroup_dirs(self.cgroup):
-            if not top.is_dir():
-                continue
-            dirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
-            for d in dirs:
-                for pid in (d / "cgroup.procs").read_text().split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            for d in dirs:
-                for _ in range(50):
-                    try:
-                        d.rmdir()
-                        break
-                    except OSError:
-                        time.sleep(0.1)
-                else:
-                    problems.append(f"could not remove cgroup {d}")
         return problems

@@ -1,13 +1,13 @@
-"""First process of the test's containerd node: shadow the host's CNI and containerd paths, then
-become containerd.
+"""First process of a test's node (containerd, or the holder of podman's namespaces): shadow the
+host paths a runtime writes, then become COMMAND.
 
-usage: node_init.py HOST_NS WORKDIR CONTAINERD_CONFIG TARGET=SOURCE...
+usage: node_init.py HOST_NS WORKDIR TARGET=SOURCE... -- COMMAND [ARG...]
 
 Runs already inside the node's netns and a private mount namespace (nsenter --net + unshare
 --mount --propagation private), so every mount here vanishes with the namespace and the real
-/etc/cni, /opt/cni, /var/lib/cni and /run/containerd are never written. A TARGET that does not
-exist gets its mountpoint inside an overlay over its nearest existing parent, whose upper dir
-is in WORKDIR. HOST_NS is the caller's "mnt:[..] net:[..]": if either namespace is still the
+TARGETs (/etc/cni, /var/lib/cni, /run/containerd, ...) are never written. A TARGET that does
+not exist gets its mountpoint inside an overlay over its nearest existing parent, whose upper
+dir is in WORKDIR. HOST_NS is the caller's "mnt:[..] net:[..]": if either namespace is still the
 caller's, nothing is mounted.
 """
 import os
@@ -38,7 +38,9 @@ def shadow(target: Path, source: Path, workdir: Path) -> None:
 
 
 def main() -> None:
-    host_ns, workdir, config, *pairs = sys.argv[1:]
+    host_ns, workdir, *rest = sys.argv[1:]
+    split = rest.index("--")
+    pairs, command = rest[:split], rest[split + 1:]
     for ns in ("mnt", "net"):
         if os.readlink(f"/proc/self/ns/{ns}") in host_ns.split():
             sys.exit(f"node_init: still in the caller's {ns} namespace, not mounting anything")
@@ -46,7 +48,7 @@ def main() -> None:
         target, source = pair.split("=", 1)
         shadow(Path(target), Path(source), Path(workdir))
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    os.execvp("containerd", ["containerd", "--config", config])
+    os.execvp(command[0], command)
 
 
 if __name__ == "__main__":
