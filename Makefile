@@ -13,8 +13,13 @@ SHIV_VERSION := 1.0.8
 GRPCIO_VERSION := 1.85.3
 PROTOBUF_VERSION := 7.36.2
 
+# What the plugins, their build and the demo need.
 APT_PACKAGES := python3-venv python3-dev gcc make iproute2 iptables nftables conntrack ethtool \
-	bridge-utils iputils-ping busybox-static containernetworking-plugins containerd runc podman time
+	bridge-utils iputils-ping time
+# What only the tests and benchmarks need: the Go plugins to compare with, and the runtimes that
+# drive the plugins end to end. Without recommends: podman's would pull in ~12 more packages.
+# (Debian's podman package itself puts 87-podman-bridge.conflist into /etc/cni/net.d.)
+TEST_APT_PACKAGES := busybox-static containernetworking-plugins containerd runc podman
 
 PROTOCOL := $(shell find cni_protocol -name '*.py')
 HOST_LOCAL_SRC := $(PROTOCOL) $(shell find host_local_ipam -name '*.py')
@@ -25,17 +30,24 @@ BUILD_ID_FROM := cni_protocol host_local_ipam cni_bridge
 NAMING_SRC := cni_bridge/__init__.py cni_bridge/masquerade/__init__.py cni_bridge/masquerade/naming.py
 INSPECT_SRC := $(NAMING_SRC) $(shell find cni_inspect -name '*.py')
 
-.PHONY: all deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam bench-cri clean
+.PHONY: all deps test-deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam bench-cri clean
 
 all: zipapps
 
-# Debian packages the plugins and the tests need; apt runs only when one is missing.
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+# Debian packages; apt runs only when one is missing. $(1): the packages, $(2): apt's options.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES),)
+
+test-deps: deps
+	$(call apt_install,$(TEST_APT_PACKAGES),--no-install-recommends)
 
 venv: $(VENV)/.ready
 $(VENV)/.ready: pyproject.toml
@@ -115,7 +127,7 @@ unit: venv
 	$(VENV)/bin/python -m pytest -q tests/unit
 
 # Every test: the README's test command, and what CI runs.
-test: deps zipapps
+test: test-deps zipapps
 	$(VENV)/bin/python -m pytest tests
 
 # The main job: build, install into $(CNI_BIN_DIR), and show the plugins at work in a
@@ -131,12 +143,12 @@ demo-clean:
 # ../shared/cnibench against the Go plugins of Debian (containernetworking-plugins).
 CNIBENCH ?= ../shared/cnibench
 BENCH_FLAGS ?= --n 100 --parallel 16
-bench: deps zipapps
+bench: test-deps zipapps
 	$(PYTHON) $(CNIBENCH) --plugin-dir dist --compare /usr/lib/cni $(BENCH_FLAGS) \
 		--json build/bench.json | tee build/bench.txt
 
 # Our host-local under the reference bridge, against the Go pair.
-bench-ipam: deps zipapps
+bench-ipam: test-deps zipapps
 	rm -rf build/ipam-mix && mkdir -p build/ipam-mix
 	cp /usr/lib/cni/bridge build/ipam-mix/ && cp dist/host-local build/ipam-mix/
 	$(PYTHON) $(CNIBENCH) --plugin-dir build/ipam-mix --compare /usr/lib/cni $(BENCH_FLAGS) \
@@ -144,7 +156,7 @@ bench-ipam: deps zipapps
 
 # Pods through containerd's CRI (what kubelet calls), ours against the Go plugins.
 CRI_BENCH_FLAGS ?= --pods 30 --parallel 10 --rounds 3
-bench-cri: deps zipapps venv
+bench-cri: test-deps zipapps venv
 	$(VENV)/bin/python bench/cri.py --plugin-dir dist --compare /usr/lib/cni $(CRI_BENCH_FLAGS) \
 		| tee build/bench-cri.txt
 
