@@ -121,13 +121,24 @@ def _requested_ips(req: Request) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     for key, ip in wanted:
         try:
-            out.append(parse_ip(ip.split("/", 1)[0] if isinstance(ip, str) else ""))
+            out.append(_requested_address(ip))
         except ValueError:
             if key == "CNI_ARGS IP":  # the environment, not the conf: code 4
                 raise CNIError(INVALID_ENV, f"invalid CNI_ARGS: IP: cannot understand ip {ip!r}",
                                f"IP={req.args['IP']!r}") from None
             raise config_error(key, f"cannot understand ip {ip!r}", ip) from None
     return list(dict.fromkeys(out))  # the same address asked for twice is one request
+
+
+def _requested_address(ip: object) -> tuple[int, int]:
+    """An address, or an address/prefix whose prefix length is valid (the reference parses it
+    as a CIDR then): only the address counts."""
+    if not isinstance(ip, str):
+        raise ValueError(f"{ip!r} is not an IP address")
+    if "/" in ip:
+        family, value, _ = parse_cidr(ip)
+        return family, value
+    return parse_ip(ip)
 
 
 def _list(value: object, key: str) -> list:

@@ -319,6 +319,12 @@ ERROR_CASES = {
                                             "invalid CNI_ARGS: unknown args ['FOO']"),
     "cni-args-bad-ip": _env_error({"CNI_ARGS": "IP=10.1.2.300"},
                                   "invalid CNI_ARGS: IP: cannot understand ip '10.1.2.300'"),
+    "cni-args-bad-prefix": _env_error({"CNI_ARGS": "IP=10.1.2.9/garbage"},
+                                      "invalid CNI_ARGS: IP: cannot understand ip "
+                                      "'10.1.2.9/garbage'"),
+    "cni-args-prefix-too-long": _env_error({"CNI_ARGS": "IP=10.1.2.9/33"},
+                                           "invalid CNI_ARGS: IP: cannot understand ip "
+                                           "'10.1.2.9/33'"),
     "containerid-dotdot": _env_error({"CNI_CONTAINERID": "../x"},
                                      "invalid characters in CNI_CONTAINERID"),
     "containerid-dash": _env_error({"CNI_CONTAINERID": "-x"},
@@ -375,6 +381,12 @@ ERROR_CASES = {
                   "specified"),
     "runtime-ip-ranges": ({"conf": {"runtimeConfig": {"ipRanges": [[{"subnet": "x"}]]}}}, 7,
                           None),
+    "runtime-ips-bad-prefix": ({"conf": {"runtimeConfig": {"ips": ["10.1.2.9/x"]}}}, 7,
+                               "invalid config: runtimeConfig.ips: cannot understand ip "
+                               "'10.1.2.9/x'"),
+    "args-ips-bad-prefix": ({"conf": {"args": {"cni": {"ips": ["2001:db8:1::9/129"]}}}}, 7,
+                            "invalid config: args.cni.ips: cannot understand ip "
+                            "'2001:db8:1::9/129'"),
     "name-slash": ({"conf": {"name": "a/b"}}, 7, "invalid characters found in network name"),
     "name-dotdot": ({"conf": {"name": ".."}}, 7, "invalid characters found in network name"),
     "name-missing": ({"conf": {"name": None}}, 7, "missing network name"),
