@@ -135,23 +135,35 @@ def setup_veth(host_nl: Netlink, pod_netns_path: str, ifname: str, mtu: int | No
             raise VethNameTaken(f"container veth name provided ({ifname}) already exists")
         host_ns_fd = netns.open_current()
         try:
-            host_name = _create_veth_pair(pod_nl, ifname, host_ns_fd, mtu, mac)
+            host_name = _create_veth_pair(pod_nl, host_nl, ifname, host_ns_fd, mtu, mac)
         finally:
             posix.close(host_ns_fd)
-        pod_link = pod_nl.get_link(ifname)
         try:
+            pod_link = pod_nl.get_link(ifname)
             host_link = _plug_into_bridge(host_nl, host_name, bridge_index, hairpin, isolated)
         except BaseException:
-            try:
-                pod_nl.delete_link(pod_link.index)
-            except NotFound:
-                pass
+            _remove_pair(host_nl, host_name)
             raise
     return host_link, pod_link
 
 
-def _create_veth_pair(pod_nl: Netlink, ifname: str, host_ns_fd: int, mtu: int | None, mac: str | None) -> str:
-    """Create the pair from the pod side; return the random host-side name that worked."""
+def _remove_pair(host_nl: Netlink, host_name: str) -> None:
+    """Best effort: delete the pair by its host end, whose random name is this ADD's own
+    (deleting one end of a veth deletes both); the step's own error is what to report."""
+    try:
+        host = host_nl.get_link(host_name)
+        if host is not None and host.kind == "veth":
+            host_nl.delete_link(host.index)
+    except Exception:
+        pass
+
+
+def _create_veth_pair(pod_nl: Netlink, host_nl: Netlink, ifname: str, host_ns_fd: int,
+                      mtu: int | None, mac: str | None) -> str:
+    """Create the pair from the pod side; return the random host-side name that worked.
+
+    A request that fails without the kernel's answer (its ACK lost: ENOBUFS on the socket)
+    may have created the pair all the same: it is looked for by its host name and deleted."""
     for _attempt in range(10):
         host_name = "veth" + posix.urandom(4).hex()  # NetworkManager ignores "veth*" devices
         try:
@@ -161,6 +173,9 @@ def _create_veth_pair(pod_nl: Netlink, ifname: str, host_ns_fd: int, mtu: int | 
             if pod_nl.get_link(ifname) is not None:  # a concurrent ADD took ifname
                 raise VethNameTaken(f"container veth name provided ({ifname}) already exists") from None
             # otherwise the random host name was taken: draw another
+        except BaseException:
+            _remove_pair(host_nl, host_name)
+            raise
     raise LinkError("failed to find a unique veth name")
 
 

@@ -316,6 +316,38 @@ def test_setup_veth_removes_the_pair_when_plugging_fails(node, pod):
 
 
 @root_only
+@pytest.mark.parametrize("lost", ["create_veth", "get_link"])
+def test_setup_veth_removes_the_pair_when_a_request_fails_after_the_kernel_made_it(node, pod, lost):
+    """The kernel creates the pair, then the answer is lost (ENOBUFS on the socket, as
+    `strace -e inject=recvfrom:error=ENOBUFS` gives it): the creation's own ACK, or the
+    next request's (reading the pod end back). The failed ADD must not leave the pair."""
+    result = run_in(node, """
+        import errno
+        real_create, real_get = Netlink.create_veth, Netlink.get_link
+        made = []
+        def create_veth(self, *args, **kwargs):
+            real_create(self, *args, **kwargs)
+            made.append(True)
+            if P["lost"] == "create_veth":
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+        def get_link(self, name_or_index):
+            if P["lost"] == "get_link" and made and name_or_index == "eth0":
+                made.clear()
+                raise OSError(errno.ENOBUFS, "No buffer space available")
+            return real_get(self, name_or_index)
+        Netlink.create_veth, Netlink.get_link = create_veth, get_link
+        try:
+            links.setup_veth(Netlink(), P["pod"], "eth0", None, None, 0)
+            out(None)
+        except OSError as e:
+            out(error_info(e))
+    """, pod=netns_path(pod), lost=lost)
+    assert result is not None and result["errno"] == 105, result
+    assert "eth0" not in link_names(pod)
+    assert ip_json(node, "link", "show", "type", "veth") == []
+
+
+@root_only
 def test_wait_oper_up(node, pod):
     result = run_in(node, SETUP_VETH, pod=netns_path(pod))
     index, veth = result["host"]["index"], result["host"]["name"]
