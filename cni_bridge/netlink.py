@@ -167,6 +167,12 @@ def _error(code: int, what: str, kernel_says: str, msg_type: int) -> NetlinkErro
     return NetlinkError(code, message)
 
 
+def _socket_error(e: OSError, what: str) -> NetlinkError:
+    """The socket itself failed (not the kernel's answer): the same errno, saying which
+    request it was, so that the runtime learns what failed and EAGAIN stays retryable."""
+    return NetlinkError(e.errno, f"{what}: {e.strerror or e}")
+
+
 class _DumpInterrupted(Exception):
     """The kernel flagged a dump as inconsistent; it is safe to simply retry."""
 
@@ -424,7 +430,8 @@ class NetlinkSocket:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         seq = self._seq
         flags |= NLM_F_REQUEST
-        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, seq, 0) + payload)
+        self._send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), msg_type, flags, seq, 0) + payload,
+                   what)
         replies = []
         interrupted = False
         while True:
@@ -448,9 +455,18 @@ class NetlinkSocket:
                 if not rflags & NLM_F_MULTI and not flags & NLM_F_ACK:
                     return replies
 
+    def _send(self, data: bytes, what: str) -> None:
+        try:
+            self._sock.send(data)
+        except OSError as e:
+            raise _socket_error(e, what) from None
+
     def _receive(self, what: str):
         """(type, flags, sequence number, body) of each message of one read of the socket."""
-        data = self._sock.recv(_RECV_SIZE)
+        try:
+            data = self._sock.recv(_RECV_SIZE)
+        except OSError as e:  # ENOBUFS: our receive buffer overflowed, answers were lost
+            raise _socket_error(e, what) from None
         offset = 0
         while offset + _NLMSGHDR.size <= len(data):
             length, rtype, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, offset)

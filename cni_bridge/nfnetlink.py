@@ -483,7 +483,7 @@ class NfTables(NetlinkSocket):
         data = b"".join(parts)
         if len(data) > _SEND_BUFFER:  # one sendmsg carries the whole transaction
             self._sock.setsockopt(_SOL_SOCKET, _SO_SNDBUFFORCE, len(data) + 4096)
-        self._sock.send(data)
+        self._send(data, what)
         first_error = None
         while True:
             for rtype, rflags, rseq, body in self._receive(what):

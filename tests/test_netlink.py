@@ -348,6 +348,46 @@ def test_setup_veth_removes_the_pair_when_a_request_fails_after_the_kernel_made_
 
 
 @root_only
+@pytest.mark.parametrize("call,errno_,code", [("send", 105, 102), ("recv", 105, 102),
+                                             ("recv", 11, 11)])
+def test_a_failing_socket_is_a_netlink_error_naming_the_request(node, call, errno_, code):
+    """send() or recv() of the socket itself failing (ENOBUFS when our receive buffer
+    overflowed, EAGAIN) is the request's NetlinkError, as the kernel's own refusals are: the
+    runtime learns which step failed (code 102), and EAGAIN stays worth a retry (code 11),
+    not a bare 'No buffer space available' of code 5."""
+    result = run_in(node, """
+        from cni_bridge import nfnetlink
+        from cni_bridge.plugin import _as_cni_error
+        class Failing:
+            def __init__(self, sock):
+                self.sock = sock
+            def __getattr__(self, name):
+                if name == P["call"]:
+                    def fail(*args):
+                        raise OSError(P["errno"], os.strerror(P["errno"]))
+                    return fail
+                return getattr(self.sock, name)
+        answers = []
+        for make, step in ((Netlink, lambda s: s.get_link("lo")),
+                           (nfnetlink.NfTables, lambda s: s.has_table(nfnetlink.INET, "x"))):
+            sock = make()
+            sock._sock = Failing(sock._sock)
+            try:
+                step(sock)
+                answers.append(None)
+            except OSError as e:
+                answers.append(dict(error_info(e), code=_as_cni_error(e).code,
+                                    cni_msg=_as_cni_error(e).msg))
+        out(answers)
+    """, call=call, errno=errno_)
+    for answer in result:
+        assert answer is not None and answer["is_netlink_error"], answer
+        assert answer["errno"] == errno_ and answer["code"] == code, answer
+        assert os.strerror(errno_) in answer["cni_msg"] and ": " in answer["msg"], answer
+    assert "get link lo" in result[0]["msg"], result
+
+
+@root_only
 def test_wait_oper_up(node, pod):
     result = run_in(node, SETUP_VETH, pod=netns_path(pod))
     index, veth = result["host"]["index"], result["host"]["name"]
