@@ -92,7 +92,7 @@ def _add(req: Request, cfg: BridgeConfig, nl: Netlink, call, backend: str | None
         host = links.wait_oper_up(nl, host.index)
     # Both MACs may have changed since we read them: the bridge takes its ports' lowest
     # MAC until an address pins it.
-    result["interfaces"][0]["mac"] = nl.get_link(bridge.index).mac
+    result["interfaces"][0]["mac"] = links.refetch(nl, bridge.index, f"bridge {bridge.name}").mac
     result["interfaces"][1]["mac"] = host.mac
     if cfg.dns is not None:
         result.pop("dns", None)

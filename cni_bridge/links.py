@@ -34,6 +34,15 @@ class PortNotUp(LinkError):
     """The host end of the veth never reached operstate "up"."""
 
 
+def refetch(nl: Netlink, index: int, what: str) -> Link:
+    """The link at `index` read again (its MAC or flags may have changed); a LinkError, not
+    None, if another process deleted it meanwhile (the bridge, say, while the ADD ran)."""
+    link = nl.get_link(index)
+    if link is None:
+        raise LinkError(f"{what} (index {index}) disappeared while the ADD was using it")
+    return link
+
+
 def write_sysctl(name: str, value: str) -> None:
     """Set /proc/sys/<name> (e.g. "net/ipv4/ip_forward") to value.
 
@@ -97,7 +106,7 @@ def ensure_bridge(nl: Netlink, name: str, mtu: int | None = None, promisc: bool 
     if not bridge.up:
         nl.set_link(bridge.index, up=True)
         changed = True
-    return nl.get_link(bridge.index) if changed else bridge
+    return refetch(nl, bridge.index, f"bridge {name}") if changed else bridge
 
 
 def _no_vlan_filtering(e: NetlinkError, name: str) -> NetlinkError:
@@ -187,7 +196,7 @@ def _plug_into_bridge(nl: Netlink, name: str, bridge_index: int, hairpin: bool, 
     nl.set_link(host.index, up=True, master=bridge_index)
     if hairpin or isolated:
         nl.set_bridge_port(host.index, hairpin=hairpin, isolated=isolated)
-    return nl.get_link(host.index)
+    return refetch(nl, host.index, f"host veth {name}")
 
 
 def configure_port_vlans(nl: Netlink, port_index: int, vlan: int = 0,
@@ -231,7 +240,7 @@ def ensure_vlan_gateway(nl: Netlink, bridge: Link, vlan: int, preserve_default_v
             raise
     if not gateway.up:
         nl.set_link(gateway.index, up=True)
-        gateway = nl.get_link(gateway.index)
+        gateway = refetch(nl, gateway.index, f"VLAN gateway {name}")
     return gateway
 
 

@@ -388,6 +388,40 @@ def test_a_failing_socket_is_a_netlink_error_naming_the_request(node, call, errn
 
 
 @root_only
+@pytest.mark.parametrize("deleted", ["bridge before the ADD ends", "host veth once plugged"])
+def test_a_link_deleted_by_another_process_during_add_is_code_102_and_rolled_back(node, pod,
+                                                                                 deleted):
+    """Another process deletes the bridge (or the host veth) while an ADD uses it: the ADD
+    reads the link again for its MAC and finds none. That is the environment's doing, code 102
+    naming the link, and the ADD is undone; it was code 999, AttributeError on None."""
+    result = run_in(node, """
+        from cni_protocol.skel import serve
+        real_wait, real_set = links.wait_oper_up, Netlink.set_link
+        def wait_oper_up(nl, index, *args, **kwargs):
+            link = real_wait(nl, index, *args, **kwargs)
+            if P["deleted"].startswith("bridge"):
+                nl.delete_link(nl.get_link("cnitbr0").index)
+            return link
+        def set_link(self, index, **kwargs):
+            real_set(self, index, **kwargs)
+            if P["deleted"].startswith("host") and kwargs.get("master"):
+                self.delete_link(index)
+        links.wait_oper_up, Netlink.set_link = wait_oper_up, set_link
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": P["pod"],
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+        conf = {"cniVersion": "1.0.0", "name": "n", "type": "bridge", "bridge": "cnitbr0"}
+        answer = serve("bridge", "cni_bridge.plugin", env, json.dumps(conf).encode())
+        out({"status": answer.status, "stdout": answer.stdout.decode()})
+    """, pod=netns_path(pod), deleted=deleted)
+    assert result["status"] == 1, result
+    error = json.loads(result["stdout"])
+    assert error["code"] == 102 and "disappeared" in error["msg"], error
+    assert ("cnitbr0" if deleted.startswith("bridge") else "host veth veth") in error["msg"]
+    assert "eth0" not in link_names(pod)
+    assert ip_json(node, "link", "show", "type", "veth") == []
+
+
+@root_only
 def test_wait_oper_up(node, pod):
     result = run_in(node, SETUP_VETH, pod=netns_path(pod))
     index, veth = result["host"]["index"], result["host"]["name"]
