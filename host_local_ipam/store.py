@@ -104,6 +104,13 @@ def _refusal(path: str) -> OSError | None:
     return None
 
 
+def _unlink_leftover(path: str) -> None:
+    try:
+        posix.unlink(path)
+    except OSError:
+        pass
+
+
 def _join(directory: str, name: str) -> str:
     """os.path.join for a name without slashes."""
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
@@ -153,8 +160,12 @@ class _Lock:
 
     def __exit__(self, *exc: object) -> None:
         fd, self._fd = self._fd, -1
-        flock(fd, LOCK_UN)
-        posix.close(fd)  # the bridge's process runs several host-local verbs: no fd kept
+        try:
+            flock(fd, LOCK_UN)
+        except OSError:
+            pass  # closing our only fd of the file releases the lock all the same
+        finally:
+            posix.close(fd)  # the bridge's process runs several host-local verbs: no fd kept
 
 
 class DiskStore:
@@ -188,9 +199,15 @@ class DiskStore:
         try:
             posix.link(tmp, path)
         except FileExistsError:
-            return False
-        finally:
             posix.unlink(tmp)
+            return False
+        except BaseException:
+            _unlink_leftover(tmp)  # the link's error is the one to report
+            raise
+        # The lease is in place: a temp name that cannot be removed now is a leftover like a
+        # crash's (the next reservation or the attachment's DEL removes it), not a failure
+        # that would lose this lease to the caller.
+        _unlink_leftover(tmp)
         try:
             self._write_last_reserved(ip, set_index)
         except BaseException:

@@ -289,3 +289,59 @@ def test_a_planted_reservation_temp_symlink_is_not_followed(tmp_path):
     assert target.read_bytes() == b"precious"
     assert (d / "10.1.2.2").read_bytes() == b"c1\r\neth0"
     assert sorted(os.listdir(d)) == ["10.1.2.2", "last_reserved_ip.0", "lock"]
+
+
+class _FailingPosix:
+    """host_local_ipam.store's `posix`, whose unlink() of an existing reservation temp file
+    fails (EIO), as `strace -e inject=unlink:error=EIO:when=2` makes it on a host-local ADD."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def unlink(self, path, *args, **kwargs):
+        if str(path).endswith(RESERVING_NAME) and os.path.lexists(path):
+            raise OSError(5, "Input/output error", path)
+        return self._real.unlink(path, *args, **kwargs)
+
+
+def test_a_reservation_whose_temp_name_cannot_be_removed_still_holds(tmp_path, monkeypatch):
+    """The lease is linked into place, then unlinking the temp name fails: the reservation
+    stands (the caller learns of it, so a failed ADD releases it) and the leftover goes with
+    the next reservation; it was an OSError that left the lease to nobody."""
+    import host_local_ipam.store as store_module
+    store = DiskStore(str(tmp_path), "net1")
+    monkeypatch.setattr(store_module, "posix", _FailingPosix(store_module.posix))
+    with store.lock():
+        assert store.reserve("c1", "eth0", "10.1.2.2", 0)
+    assert (tmp_path / "net1" / "10.1.2.2").read_bytes() == b"c1\r\neth0"
+    assert store.last_reserved(0) == "10.1.2.2"
+    monkeypatch.undo()
+    with store.lock():
+        assert store.reserve("c2", "eth0", "10.1.2.3", 0)
+    assert not (tmp_path / "net1" / RESERVING_NAME).exists()
+    assert store.get_by_id("c1", "eth0") == ["10.1.2.2"]
+
+
+def test_a_failing_unlock_neither_fails_the_verb_nor_keeps_the_lock(tmp_path, monkeypatch):
+    """flock(LOCK_UN) failing (EIO, injected) after a reservation: the lease stands and the
+    lock is free, since the fd is closed; it was an OSError out of the lock's __exit__."""
+    import fcntl
+    import host_local_ipam.store as store_module
+    store = DiskStore(str(tmp_path), "net1")
+
+    def flock(fd, op):
+        if op == fcntl.LOCK_UN:
+            raise OSError(5, "Input/output error")
+        return fcntl.flock(fd, op)
+    monkeypatch.setattr(store_module, "flock", flock)
+    with store.lock():
+        assert store.reserve("c1", "eth0", "10.1.2.2", 0)
+    fd = os.open(tmp_path / "net1" / "lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no BlockingIOError
+    finally:
+        os.close(fd)
+    assert store.get_by_id("c1", "eth0") == ["10.1.2.2"]
