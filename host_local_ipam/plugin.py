@@ -117,8 +117,9 @@ def cmd_status(req: Request) -> None:
     try:
         reserved = [parse_ip(name) for name in DiskStore(conf.data_dir, req.network).reserved()]
     except OSError as e:
+        where = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
         raise CNIError(NOT_AVAILABLE, f"host-local: dataDir {conf.data_dir} is not usable: "
-                       f"{e.strerror}") from None
+                       f"{where}") from None
     for range_set in conf.range_sets:
         ranges = [range_set.range_of(*ip) for ip in reserved]
         used = sum(r is not None and ip[1] != r.gateway for r, ip in zip(ranges, reserved))

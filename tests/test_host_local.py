@@ -830,6 +830,13 @@ def test_status(ours, go, tmp_path):
           "2001:db8:1::1-2001:db8:1::6 (ipam.ranges[1])")
 
 
+def test_status_names_the_path_of_an_unusable_store(ours, tmp_path):
+    conf = netconf(tmp_path, version="1.1.0")
+    (tmp_path / "testnet").write_text("not a directory")
+    error(ours.run("STATUS", conf), 50, f"host-local: dataDir {tmp_path} is not usable: "
+          f"{tmp_path}/testnet: File exists")
+
+
 # --- what a runtime, an admin or an attacker may have left in the way --------------------------
 
 def test_a_container_id_longer_than_the_maximum_is_refused_by_add_only(ours, tmp_path):

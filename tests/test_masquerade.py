@@ -731,6 +731,29 @@ def test_stdout_is_never_redirected(netns):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
 
 
+_FAILING_COMMIT = """
+import errno, os, sys
+from cni_bridge import masquerade as m, nfnetlink
+def refuse(self, *args):
+    raise nfnetlink.NfTablesError(errno.ENOBUFS, args[-1] + ": " + os.strerror(errno.ENOBUFS))
+nfnetlink.NfTables.transact = refuse
+try:
+    m.setup(sys.argv[1], m.Attachment("mynet", "c1", "eth0"), ["10.22.0.2/24"])
+except m.MasqueradeError as e:
+    print(e)
+"""
+
+
+@root_only
+@pytest.mark.parametrize("backend", ["iptables-nft", "nftables"])
+def test_a_failed_transaction_says_once_which_backend_and_step(netns, backend):
+    proc = _exec(netns, CHILD_PYTHON, "-c", _FAILING_COMMIT, backend, env=_child_env())
+    msg = proc.stdout.strip()
+    step = (f"set up {naming.iptables_chain('mynet', 'c1')}" if backend == "iptables-nft"
+            else "set up rules of c1/eth0")
+    assert msg == f"ipMasq: {backend}: {step}: No buffer space available", proc.stderr
+
+
 _NO_IPTC_WHEN_NOTHING_IS_THERE = """
 import sys
 from cni_bridge import masquerade as m

@@ -148,7 +148,7 @@ def setup(nft: nf.NfTables, family: int, network: str, container_id: str,
                     family, comment, nf.verdict(nf.VERDICT_JUMP, chain), src=host))
         return batch
 
-    nft.transact(build, f"ipMasq ({NAME}): set up {chain}")
+    nft.transact(build, f"set up {chain}")
 
 
 def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
@@ -172,7 +172,7 @@ def teardown(nft: nf.NfTables, family: int, network: str, container_id: str,
             batch.delete_chain(fam, TABLE, chain)
         return batch
 
-    nft.transact(build, f"ipMasq ({NAME}): tear down {chain}")
+    nft.transact(build, f"tear down {chain}")
 
 
 def missing(nft: nf.NfTables, family: int, network: str, container_id: str,
@@ -219,7 +219,7 @@ def gc(nft: nf.NfTables, family: int, network: str,
             batch.delete_chain(fam, TABLE, chain)
         return batch
 
-    nft.transact(build, f"ipMasq ({NAME}): collect the stale chains of {network}")
+    nft.transact(build, f"collect the stale chains of {network}")
 
 
 def _table_name(family: int) -> str:

@@ -117,7 +117,7 @@ def setup(nft: nf.NfTables, network: str, container_id: str, ifname: str,
             batch.add_rule(nf.INET, table, naming.NFT_MASQ_CHAIN, _masq_rule(address), comment)
         return batch
 
-    nft.transact(build, f"ipMasq ({NAME}): set up rules of {container_id}/{ifname}")
+    nft.transact(build, f"set up rules of {container_id}/{ifname}")
 
 
 def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> None:
@@ -130,7 +130,7 @@ def teardown(nft: nf.NfTables, network: str, container_id: str, ifname: str) -> 
             batch.delete_rule(rule)
         return batch
 
-    nft.transact(build, f"ipMasq ({NAME}): tear down rules of {container_id}/{ifname}")
+    nft.transact(build, f"tear down rules of {container_id}/{ifname}")
 
 
 def missing(nft: nf.NfTables, network: str, container_id: str, ifname: str,
@@ -164,4 +164,4 @@ def gc(nft: nf.NfTables, network: str, valid: set[tuple[str, str]]) -> None:
                 batch.delete_rule(rule)
         return batch
 
-    nft.transact(build, f"ipMasq ({NAME}): collect the stale rules of {network}")
+    nft.transact(build, f"collect the stale rules of {network}")
