@@ -1155,6 +1155,22 @@ def test_a_first_run_that_cannot_extract_is_a_cni_error(ours, tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_a_first_run_on_a_full_disk_leaves_no_half_extraction(ours, tmp_path):
+    """ENOSPC midway: the CNI error, and shiv's temp dir goes (it would keep the disk full)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts a tmpfs")
+    root = tmp_path / "full"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(root)], check=True)
+    try:
+        out = ours.run("ADD", netconf(tmp_path / "data"), env={"SHIV_ROOT": str(root)})
+        assert out.rc == 1 and "Traceback" not in out.stderr, out
+        assert out.json["code"] == 5 and "No space left on device" in out.json["msg"], out.json
+        assert [p.name for p in root.iterdir() if not p.name.startswith(".")] == []
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+
+
 def test_runs_with_env_i_and_ignores_python_variables(ours, tmp_path):
     poison = tmp_path / "poison"
     poison.mkdir()

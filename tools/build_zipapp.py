@@ -96,16 +96,34 @@ FIRST_RUN = '''"""First run of this CNI plugin: extract its packages where the s
 If that is impossible (a read-only or full disk), the runtime gets a CNI error, not a
 traceback."""
 import json
+import shutil
 import sys
 import zipfile
 from pathlib import Path
 
 
+def extract(site: str) -> None:
+    """shiv's extraction; if it fails (ENOSPC, say), its half-written temp dir goes too, under
+    shiv's lock (a concurrent first run may be extracting into it once the lock is free)."""
+    from _bootstrap import extract_site_packages
+    from _bootstrap.filelock import FileLock
+    target = Path(site).parent
+    try:
+        with zipfile.ZipFile(sys.argv[0]) as archive:
+            extract_site_packages(archive, target)
+    except OSError:
+        try:
+            with FileLock(target.parent / f".{target.name}_lock"):
+                if not target.exists():
+                    shutil.rmtree(target.parent / f"{target.name}.tmp", ignore_errors=True)
+        except OSError:
+            pass  # no lock file possible: the directory itself failed, nothing was written
+        raise
+
+
 def main(site: str, plugin: str, verbs: str) -> None:
     try:
-        from _bootstrap import extract_site_packages
-        with zipfile.ZipFile(sys.argv[0]) as archive:
-            extract_site_packages(archive, Path(site).parent)
+        extract(site)
     except OSError as e:
         sys.stdout.write(json.dumps({
             "cniVersion": "1.1.0", "code": 5,
@@ -120,9 +138,7 @@ def main(site: str, plugin: str, verbs: str) -> None:
 
 def main_tool(site: str, name: str, module: str, func: str) -> None:
     try:
-        from _bootstrap import extract_site_packages
-        with zipfile.ZipFile(sys.argv[0]) as archive:
-            extract_site_packages(archive, Path(site).parent)
+        extract(site)
     except OSError as e:
         sys.exit(f"{name}: cannot extract its Python packages: {e} (SHIV_ROOT names a "
                  "writable directory for them; `make install` extracts them at install time)")
