@@ -1207,6 +1207,8 @@ def test_removing_one_of_two_attachments_keeps_the_others_masquerade(node, keys,
         node.cni("DEL", conf, pod, cid="c1", ifname="eth1", netns="", iptables=iptables).ok()
         sh(IP, "-n", pod, "link", "del", "eth1")
     assert node.leases() == {pod_ip(r0): "c1\r\neth0"}
+    # gone by this removal itself: the repeated DEL below would hide a GC or DEL that left them
+    assert masq_lines(node, backend, pod_ip(r1) + " ", pod_ip(r1) + "/") == []
     # and again, as RemovePodSandbox sends it: no netns, no prevResult, no lease left for eth1
     node.cni("DEL", conf, pod, cid="c1", ifname="eth1", netns="", iptables=iptables).ok()
     node.cni("CHECK", conf, pod, cid="c1", ifname="eth0", prev=r0, iptables=iptables).ok()
