@@ -15,6 +15,7 @@ cniVersion up to 1.0.0); tests that compare with it skip when it is missing.
 """
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -540,6 +541,27 @@ def test_lock_file_is_never_unlinked(ours, go, tmp_path):
     assert sorted(os.listdir(tmp_path / "testnet")) == ["last_reserved_ip.0",
                                                         "last_reserved_ip.1", "lock"]
 
+
+
+def test_an_add_waits_while_another_process_holds_the_lock(ours, tmp_path):
+    """The Go plugin serialises on flock(LOCK_EX) of <net>/lock: ours must wait on that same
+    lock, not merely keep a file of that name (nothing else here tells the two apart)."""
+    conf = netconf(tmp_path)
+    net = tmp_path / "testnet"
+    net.mkdir()
+    fd = os.open(net / "lock", os.O_RDONLY | os.O_CREAT, 0o750)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        p = ours.spawn("ADD", conf)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                p.wait(timeout=2)  # an unlocked ADD takes ~50 ms
+            assert leases(net) == {}
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        assert ips(finish(p)) == ["10.1.2.2/24"]
+    finally:
+        os.close(fd)
 
 # --- allocation order, and the same decisions as the Go reference ------------------------------
 
