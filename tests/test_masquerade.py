@@ -754,6 +754,51 @@ def test_a_failed_transaction_says_once_which_backend_and_step(netns, backend):
     assert msg == f"ipMasq: {backend}: {step}: No buffer space available", proc.stderr
 
 
+_ADD_FAILING_AFTER_MASQUERADE = """
+import json, os, subprocess, sys
+from cni_bridge import links
+from cni_protocol.skel import serve
+seen = []
+def never_up(nl, index, *args, **kwargs):
+    # The last step of ADD, after the rules: keep what the node held then, and fail.
+    seen.append(subprocess.run("nft list ruleset; iptables-legacy-save -t nat", shell=True,
+                               capture_output=True, text=True).stdout)
+    raise links.PortNotUp("bridge port in error state: lower-layer-down")
+links.wait_oper_up = never_up
+env = json.loads(sys.argv[1])
+answer = serve("bridge", "cni_bridge.plugin", env, sys.argv[2].encode())
+print(json.dumps({"status": answer.status, "stdout": answer.stdout.decode(), "seen": seen}))
+"""
+
+
+@root_only
+@pytest.mark.parametrize("backend", [None, "nftables"], ids=["unset", "nftables"])
+def test_a_failed_add_removes_the_rules_it_wrote(netns_pair, zipapp, tmp_path, backend):
+    """ADD fails after its masquerade rules are in (the host port never comes up): the undo
+    removes them with the veth and the lease; the runtime gets the step's error."""
+    node, pod = netns_pair
+    conf = {"cniVersion": "1.0.0", "name": "undo", "type": "bridge", "bridge": "brundo0",
+            "isGateway": True, "ipMasq": True,
+            "ipam": {"type": "host-local", "subnet": "10.66.0.0/24", "dataDir": str(tmp_path)}}
+    if backend:
+        conf["ipMasqBackend"] = backend
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "undo1", "CNI_NETNS": f"/run/netns/{pod}",
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(zipapp("host-local").parent),
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    proc = _exec(node, CHILD_PYTHON, "-c", _ADD_FAILING_AFTER_MASQUERADE, json.dumps(env),
+                 json.dumps(conf), env=_child_env())
+    out = json.loads(proc.stdout)
+    assert out["status"] == 1 and "lower-layer-down" in json.loads(out["stdout"])["msg"], out
+    (before,) = out["seen"]
+    pod_rules = re.compile(r"10\.66\.0\.2\b|CNI-|undo1")
+    assert pod_rules.search(before), f"no rules of the pod when ADD failed:\n{before}"
+    after = _exec(node, "sh", "-c", "nft list ruleset; iptables-legacy-save -t nat").stdout
+    assert not pod_rules.search(after), after
+    assert [p.name for p in (tmp_path / "undo").iterdir()
+            if not p.name.startswith(("lock", "last_reserved_ip"))] == []
+    assert "veth" not in _exec(node, "ip", "-o", "link", "show", "type", "veth").stdout
+
+
 _NO_IPTC_WHEN_NOTHING_IS_THERE = """
 import sys
 from cni_bridge import masquerade as m
