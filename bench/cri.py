@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from e2e import sigterm_as_interrupt  # noqa: E402
 from e2e.containerd import CRI_NAMESPACE, PAUSE_IMAGE, ContainerdNode  # noqa: E402
-from e2e.cri import CriClient  # noqa: E402
+from e2e.cri import CriClient, sandbox_config  # noqa: E402
 from e2e.image import build_busybox_image  # noqa: E402
 
 
@@ -67,8 +67,7 @@ class Side:
             sys.exit(f"{self.label}, round {number}: left behind {left}")
 
     def _run(self, name: str) -> str:
-        config = {"metadata": {"name": name, "uid": f"uid-{name}", "namespace": "bench"},
-                  "hostname": name, "linux": {"cgroup_parent": f"{self.node.cgroup}/{name}"}}
+        config = sandbox_config(self.node.cgroup, name, namespace="bench")
         start = time.perf_counter()
         sandbox_id = self.cri.RunPodSandbox(config=config).pod_sandbox_id
         self.times["run"].append(time.perf_counter() - start)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import ROOT, is_reference, plugins_under_test, sigterm_as_interrupt  # noqa: E402
+from e2e import ROOT, is_reference, plugins_under_test  # noqa: E402
 from e2e.containerd import ContainerdNode, ensure_packages  # noqa: E402
 from e2e.image import build_busybox_image  # noqa: E402
+from e2e.node import running  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SUBNET = ipaddress.ip_network("10.200.0.0/24")
@@ -35,14 +36,9 @@ def node(zipapp, tmp_path_factory):
     node = ContainerdNode(work / "node", plugins, name=tag,
                           confs=[ROOT / "conf" / "10-bridge.conf",
                                  ROOT / "conf" / "99-loopback.conf"])
-    with sigterm_as_interrupt():
-        try:
-            node.start()
-            node.import_image(build_busybox_image(work / "busybox.tar"))
-            yield node
-        finally:
-            problems = node.close()
-            assert not problems, problems
+    with running(node):
+        node.import_image(build_busybox_image(work / "busybox.tar"))
+        yield node
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 pytest.importorskip("grpc", reason="grpcio is missing from this Python: `make venv` installs it")
 pytest.importorskip("google.protobuf",
                     reason="protobuf is missing from this Python: `make venv` installs it")
-from e2e import ROOT, is_reference, plugins_under_test, sigterm_as_interrupt  # noqa: E402
+from e2e import ROOT, is_reference, plugins_under_test  # noqa: E402
 from e2e.containerd import (CRI_NAMESPACE, IMAGE, PACKAGES, PAUSE_IMAGE,  # noqa: E402
                             ContainerdNode, ensure_packages)
-from e2e.cri import CriClient  # noqa: E402
+from e2e.cri import CriClient, sandbox_config  # noqa: E402
 from e2e.image import build_busybox_image  # noqa: E402
+from e2e.node import running  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SUBNET = ipaddress.ip_network("10.200.0.0/24")
@@ -52,17 +53,12 @@ def node(zipapp, tmp_path_factory):
     node = ContainerdNode(work / "node", plugins, name=f"ctd-e2e-cri-{os.getpid()}", cri=True,
                           confs=[ROOT / "conf" / "10-bridge.conf",
                                  ROOT / "conf" / "99-loopback.conf"])
-    with sigterm_as_interrupt():
-        try:
-            node.start()
-            node.import_image(build_busybox_image(work / "busybox.tar"), CRI_NAMESPACE)
-            node.import_image(build_busybox_image(work / "pause.tar", PAUSE_IMAGE,
-                                                  cmd=("/bin/sleep", "2147483647")),
-                              CRI_NAMESPACE)
-            yield node
-        finally:
-            problems = node.close()
-            assert not problems, problems
+    with running(node):
+        node.import_image(build_busybox_image(work / "busybox.tar"), CRI_NAMESPACE)
+        node.import_image(build_busybox_image(work / "pause.tar", PAUSE_IMAGE,
+                                              cmd=("/bin/sleep", "2147483647")),
+                          CRI_NAMESPACE)
+        yield node
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +74,9 @@ def calls(entries: list[dict], plugin: str, command: str, container_id: str) -> 
             and c["env"].get("CNI_CONTAINERID") == container_id]
 
 
-def sandbox_config(node: ContainerdNode, name: str) -> dict:
-    """A pod as kubelet describes it; its cgroups go under the node's (CONTAINERD.md)."""
-    return {"metadata": {"name": name, "uid": f"uid-{name}", "namespace": "e2e"},
-            "hostname": name, "linux": {"cgroup_parent": f"{node.cgroup}/{name}"}}
-
-
 def run_pod(node: ContainerdNode, cri: CriClient, name: str) -> Pod:
     """RunPodSandbox, and what its ADD by our bridge made: the pod's address and host veth."""
-    sandbox_id = cri.RunPodSandbox(config=sandbox_config(node, name)).pod_sandbox_id
+    sandbox_id = cri.RunPodSandbox(config=sandbox_config(node.cgroup, name)).pod_sandbox_id
     status = cri.PodSandboxStatus(pod_sandbox_id=sandbox_id).status
     (add,) = calls(node.calls(), "bridge", "ADD", sandbox_id)
     assert add["rc"] == 0, add["stdout"] + add["stderr"]
@@ -98,7 +88,7 @@ def run_pod(node: ContainerdNode, cri: CriClient, name: str) -> Pod:
 
 def start_sleeper(node: ContainerdNode, cri: CriClient, pod: Pod) -> None:
     pod.container_id = cri.CreateContainer(
-        pod_sandbox_id=pod.sandbox_id, sandbox_config=sandbox_config(node, pod.name),
+        pod_sandbox_id=pod.sandbox_id, sandbox_config=sandbox_config(node.cgroup, pod.name),
         config={"metadata": {"name": "sleep"}, "image": {"image": IMAGE},
                 "command": ["sleep", "600"]}).container_id
     cri.StartContainer(container_id=pod.container_id)

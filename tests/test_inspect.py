@@ -319,7 +319,7 @@ def chain_of(network: str, container_id: str) -> str:
 def test_every_field_of_a_sound_pod(case, tool, make_node):
     node = make_node(plugins_for(case.plugins), case.conf, iptables=case.iptables)
     pod = node.add_pod()
-    other = node.add_pod("other")
+    node.add_pod("other")  # a second pod on the bridge
     ping = node.in_ns("ping", "-c", "1", "-W", "2", FAR[1], ns=pod.netns, check=False)
     assert ping.returncode == 0, "the far netns answers only masqueraded pods: " + ping.stdout
 
@@ -769,6 +769,7 @@ def test_explain_shows_the_standard_commands(tool, ours):
 @pytest.fixture(scope="module")
 def containerd_node(tmp_path_factory):
     from e2e.containerd import ContainerdNode, ensure_packages
+    from e2e.node import running
     from e2e.image import build_busybox_image
 
     plugins_for("ours")
@@ -776,16 +777,11 @@ def containerd_node(tmp_path_factory):
     work = tmp_path_factory.mktemp("insp-ctd")
     node = ContainerdNode(work / "node", OURS, name=f"{PREFIX}-ctd",
                           confs=[ROOT / "conf" / "10-bridge.conf"])
-    with sigterm_as_interrupt():
-        try:
-            node.start()
-            node.import_image(build_busybox_image(work / "busybox.tar"))
-            for cid in ("c1", "c2"):
-                node.run_container(cid)
-            yield node
-        finally:
-            problems = node.close()
-            assert not problems, problems
+    with running(node):
+        node.import_image(build_busybox_image(work / "busybox.tar"))
+        for cid in ("c1", "c2"):
+            node.run_container(cid)
+        yield node
 
 
 def test_containerd_pods_found_by_container_id(tool, containerd_node):

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from e2e import plugins_under_test, sigterm_as_interrupt  # noqa: E402
+from e2e import plugins_under_test  # noqa: E402
 from e2e.containerd import ensure_packages, run  # noqa: E402
 from e2e.image import build_busybox_image  # noqa: E402
+from e2e.node import running  # noqa: E402
 from e2e.podman import PACKAGES, PodmanNode  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -49,14 +50,9 @@ def node(zipapp, tmp_path_factory):
     tag = f"podman-e2e-{os.getpid()}"
     # podman refuses a runroot of more than 50 characters: pytest's tmp paths are longer.
     node = PodmanNode(Path(tempfile.mkdtemp(prefix=f"{tag}-", dir="/tmp")), plugins, name=tag)
-    with sigterm_as_interrupt():
-        try:
-            node.start()
-            node.load_image(build_busybox_image(work / "busybox.tar"))
-            yield node
-        finally:
-            problems = node.close()
-            assert not problems, problems
+    with running(node):
+        node.load_image(build_busybox_image(work / "busybox.tar"))
+        yield node
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from . import REFERENCE_DIR
+from .node import CniNode, run
 
-HERE = Path(__file__).resolve().parent
 IMAGE = "localhost/e2e/busybox:latest"
 PAUSE_IMAGE = "localhost/e2e/pause:latest"
 CRI_NAMESPACE = "k8s.io"  # where the CRI plugin looks for images
@@ -75,15 +74,6 @@ def ensure_packages(packages=PACKAGES) -> None:
         subprocess.run(install, env=env, capture_output=True, check=True)
 
 
-def run(cmd, *, check=True, timeout=60, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-    if check and proc.returncode:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
-                             f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return proc
-
-
 def cgroup_dirs(name: str, pid: int | str = "self") -> list[Path]:
     """Where `name`, relative to the cgroups of `pid`, lands in every mounted hierarchy."""
     mounts = []  # (mount point, mount root, super options) of each cgroup mount
@@ -130,50 +120,31 @@ def remove_cgroups(name: str) -> list[str]:
     return problems
 
 
-class ContainerdNode:
+class ContainerdNode(CniNode):
     def __init__(self, workdir: Path, plugin_dir: Path, confs: list[Path], name: str,
                  cri: bool = False, log_calls: bool = True):
         """log_calls=False: the plugins themselves in /opt/cni/bin, without the logging wrapper
         (a Python process per call), for timing them (bench/cri.py)."""
-        self.w = Path(workdir)
-        self.log_calls = log_calls
-        self.plugin_dir = plugin_dir
+        super().__init__(workdir, plugin_dir, name, Path(workdir) / "var-lib-cni", log_calls)
         self.confs = confs
         self.cri = cri
-        self.netns = f"{name}-node"
-        self.cgroup = name  # containers go to <our cgroup>/<name>/<id> in each hierarchy
         self.sock = self.w / "containerd.sock"
-        self.calls_log = self.w / "cni-calls.log"
-        self.cni_state = self.w / "var-lib-cni"  # the node's /var/lib/cni
         self.containerd: subprocess.Popen | None = None
         self.runs: dict[str, subprocess.Popen] = {}
         self._exec_ids = 0
-        self._made_netns = False
         self._host_paths = {p: os.path.lexists(p) for p in SHADOWED}
 
     # -- start ---------------------------------------------------------------------------------
 
     def _install_plugins(self) -> None:
-        """Wrappers in bin/ (the node's /opt/cni/bin) around copies of the plugins in real/
-        (with log_calls=False, the copies themselves in bin/).
-        The CRI plugin also runs loopback for every pod: the plugin dir's if it has one (the Go
-        reference dirs do), else Debian's; the project has none of its own."""
-        bin_dir, real = self.w / "cni-bin", self.w / "cni-real"
-        bin_dir.mkdir()
-        real.mkdir()
+        """The plugins into cni-bin/, the node's /opt/cni/bin. The CRI plugin also runs
+        loopback for every pod: the plugin dir's if it has one (the Go reference dirs do), else
+        Debian's; the project has none of its own."""
         sources = {name: self.plugin_dir / name for name in ("bridge", "host-local")}
         if self.cri:
             loopback = self.plugin_dir / "loopback"
             sources["loopback"] = loopback if loopback.exists() else REFERENCE_DIR / "loopback"
-        for name, source in sources.items():
-            if not self.log_calls:
-                shutil.copy2(source, bin_dir / name)
-                continue
-            shutil.copy2(source, real / name)
-            wrapper = bin_dir / name
-            wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'cni_wrapper.py'} "
-                               f"{real / name} {self.calls_log}\n")
-            wrapper.chmod(0o755)
+        self.install_plugins(sources, self.w / "cni-bin")
 
     def start(self) -> None:
         for d in ("net.d", "var-lib-cni", "run-containerd"):
@@ -185,20 +156,10 @@ class ContainerdNode:
         disabled = "" if self.cri else 'disabled_plugins = ["io.containerd.grpc.v1.cri"]'
         config.write_text(CONFIG.format(w=self.w, disabled=disabled)
                           + (CRI_CONFIG.format(w=self.w, pause=PAUSE_IMAGE) if self.cri else ""))
-        run(["ip", "netns", "add", self.netns])
-        self._made_netns = True
         sources = (self.w / "net.d", self.w / "cni-bin", self.cni_state,
                    self.w / "run-containerd")
-        host_ns = " ".join(os.readlink(f"/proc/self/ns/{ns}") for ns in ("mnt", "net"))
-        with open(self.w / "containerd.log", "w") as log:
-            self.containerd = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
-                 "--propagation", "private", "--", sys.executable, HERE / "node_init.py",
-                 host_ns, self.w,
-                 *(f"{target}={source}" for target, source in zip(SHADOWED, sources, strict=True)),
-                 "--", "containerd", "--config", config],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.containerd = self.spawn(dict(zip(SHADOWED, sources, strict=True)),
+                                     ["containerd", "--config", config], "containerd.log")
         deadline = time.monotonic() + 30
         while not (self.sock.exists() and
                    self.ctr("version", check=False, timeout=5).returncode == 0):
@@ -257,26 +218,6 @@ class ContainerdNode:
         return self.runs[cid].wait(timeout=timeout)
 
     # -- what the node holds -------------------------------------------------------------------
-
-    def calls(self) -> list[dict]:
-        if not self.calls_log.exists():
-            return []
-        return [json.loads(line) for line in self.calls_log.read_text().splitlines()]
-
-    def leases(self, network: str = "bridge") -> dict[str, str]:
-        """host-local's reservations in the node's /var/lib/cni: address -> file content."""
-        d = self.cni_state / "networks" / network
-        if not d.is_dir():
-            return {}
-        return {f.name: f.read_bytes().decode() for f in d.iterdir()
-                if f.name != "lock" and not f.name.startswith("last_reserved_ip")}
-
-    def cached_results(self) -> list[str]:
-        d = self.cni_state / "results"
-        return sorted(os.listdir(d)) if d.is_dir() else []
-
-    def in_node(self, *cmd, check=True) -> subprocess.CompletedProcess:
-        return run(["ip", "netns", "exec", self.netns, *cmd], check=check)
 
     def nat_tables(self) -> dict[str, str]:
         """The node's nat table in both iptables backends, and its whole nftables ruleset."""

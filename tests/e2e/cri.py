@@ -112,6 +112,13 @@ def _message_classes() -> dict[str, type[Message]]:
 TYPES = _message_classes()
 
 
+def sandbox_config(cgroup: str, name: str, namespace: str = "e2e") -> dict:
+    """A pod as kubelet describes it; its cgroups go under `cgroup`, the node's
+    (CONTAINERD.md: a relative cgroup parent keeps them inside the test's own)."""
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "namespace": namespace},
+            "hostname": name, "linux": {"cgroup_parent": f"{cgroup}/{name}"}}
+
+
 class CriClient:
     """RuntimeService calls over containerd's socket: client.RunPodSandbox(config={...})."""
 

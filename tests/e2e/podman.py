@@ -30,14 +30,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from . import REFERENCE_DIR
-from .containerd import remove_cgroups, run
+from .containerd import remove_cgroups
+from .node import CniNode, run
 
-HERE = Path(__file__).resolve().parent
 IMAGE = "localhost/e2e/busybox:latest"
 PACKAGES = ("podman", "runc", "busybox-static")
 # host path -> the dir under W that stands in for it in podman's mount namespace
@@ -91,19 +90,12 @@ def _host_state() -> dict[str, list[str] | bool]:
             for p in HOST_PATHS}
 
 
-class PodmanNode:
+class PodmanNode(CniNode):
     def __init__(self, workdir: Path, plugin_dir: Path, name: str):
-        self.w = Path(workdir)
-        self.plugin_dir = plugin_dir
-        self.name = name
-        self.netns = f"{name}-node"
-        self.cgroup = name  # containers go to <our cgroup>/<name>/libpod-<id> in each hierarchy
+        super().__init__(workdir, plugin_dir, name, Path(workdir) / SHADOWED["/var/lib/cni"])
         self.conf_dir = self.w / "net.d"
-        self.calls_log = self.w / "cni-calls.log"
-        self.cni_state = self.w / SHADOWED["/var/lib/cni"]  # the node's /var/lib/cni
         self.holder: subprocess.Popen | None = None
         self._holder_mnt_ns = ""
-        self._made_netns = False
         self._host_state = _host_state()
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(self.w / "home"),
                     "TMPDIR": str(self.w / "tmp"),
@@ -113,18 +105,6 @@ class PodmanNode:
                             "--tmpdir", self.w / "libpod-tmp"]
 
     # -- start ---------------------------------------------------------------------------------
-
-    def _install_plugins(self) -> None:
-        """Wrappers in cni-bin/ (podman's first plugin dir) around copies of the plugins."""
-        bin_dir, real = self.w / "cni-bin", self.w / "cni-real"
-        bin_dir.mkdir()
-        real.mkdir()
-        for name in ("bridge", "host-local"):
-            shutil.copy2(self.plugin_dir / name, real / name)
-            wrapper = bin_dir / name
-            wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {HERE / 'cni_wrapper.py'} "
-                               f"{real / name} {self.calls_log}\n")
-            wrapper.chmod(0o755)
 
     def _write_configs(self) -> None:
         runc = shutil.which("runc")
@@ -141,20 +121,11 @@ class PodmanNode:
     def start(self) -> None:
         for d in ("net.d", "home", "tmp", *SHADOWED.values()):
             (self.w / d).mkdir(parents=True)
-        self._install_plugins()
+        self.install_plugins({name: self.plugin_dir / name for name in ("bridge", "host-local")},
+                             self.w / "cni-bin")  # podman's first plugin dir
         self._write_configs()
-        run(["ip", "netns", "add", self.netns])
-        self._made_netns = True
-        host_ns = " ".join(os.readlink(f"/proc/self/ns/{ns}") for ns in ("mnt", "net"))
-        with open(self.w / "holder.log", "w") as log:
-            self.holder = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
-                 "--propagation", "private", "--", sys.executable, HERE / "node_init.py",
-                 host_ns, self.w,
-                 *(f"{target}={self.w / source}" for target, source in SHADOWED.items()),
-                 "--", "sleep", "infinity"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        self.holder = self.spawn({target: self.w / source for target, source in SHADOWED.items()},
+                                 ["sleep", "infinity"], "holder.log")
         deadline = time.monotonic() + 30
         while Path(f"/proc/{self.holder.pid}/comm").read_text().strip() != "sleep":
             if self.holder.poll() is not None or time.monotonic() > deadline:
@@ -201,26 +172,6 @@ class PodmanNode:
         return self.podman("exec", name, *cmd, check=check, timeout=timeout)
 
     # -- what the node holds -------------------------------------------------------------------
-
-    def calls(self) -> list[dict]:
-        if not self.calls_log.exists():
-            return []
-        return [json.loads(line) for line in self.calls_log.read_text().splitlines()]
-
-    def leases(self, network: str) -> dict[str, str]:
-        """host-local's reservations in the node's /var/lib/cni: address -> file content."""
-        d = self.cni_state / "networks" / network
-        if not d.is_dir():
-            return {}
-        return {f.name: f.read_bytes().decode() for f in d.iterdir()
-                if f.name != "lock" and not f.name.startswith("last_reserved_ip")}
-
-    def cached_results(self) -> list[str]:
-        d = self.cni_state / "results"
-        return sorted(os.listdir(d)) if d.is_dir() else []
-
-    def in_node(self, *cmd, check=True) -> subprocess.CompletedProcess:
-        return run(["ip", "netns", "exec", self.netns, *cmd], check=check)
 
     def netfilter(self) -> dict[str, str]:
         """All tables of both iptables backends, and the whole nftables ruleset, of the node."""
