@@ -28,7 +28,10 @@ BRIDGE_SRC := $(HOST_LOCAL_SRC) $(shell find cni_bridge -name '*.py')
 # Both zipapps of one build carry one build id, a hash over these (tools/build_zipapp.py).
 BUILD_ID_FROM := cni_protocol host_local_ipam cni_bridge
 NAMING_SRC := cni_bridge/__init__.py cni_bridge/masquerade/__init__.py cni_bridge/masquerade/naming.py
-INSPECT_SRC := $(NAMING_SRC) $(shell find cni_inspect -name '*.py')
+# cni-inspect reads leases through host-local's own store, as host-local reads them.
+STORE_SRC := cni_protocol/__init__.py cni_protocol/errors.py cni_protocol/request.py \
+	cni_protocol/ip.py host_local_ipam/__init__.py host_local_ipam/store.py
+INSPECT_SRC := $(NAMING_SRC) $(STORE_SRC) $(shell find cni_inspect -name '*.py')
 
 .PHONY: all deps test-deps venv zipapps install install-inspect test unit demo demo-clean bench bench-ipam bench-cri clean
 
@@ -72,11 +75,11 @@ build/site-bridge: $(BRIDGE_SRC) | venv
 # cni-inspect: pyroute2 and the names of the bridge plugin's netfilter objects (naming.py and
 # the package files it needs to import), none of the plugins' own work.
 build/site-cni-inspect: $(INSPECT_SRC) | venv
-	rm -rf $@ && mkdir -p $@/cni_bridge/masquerade
+	rm -rf $@ && mkdir -p $@/cni_bridge/masquerade $@/cni_protocol $@/host_local_ipam
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --target $@ \
 		pyroute2==$(PYROUTE2_VERSION)
 	cp -r cni_inspect $@/
-	for f in $(NAMING_SRC); do cp $$f $@/$$f; done
+	for f in $(NAMING_SRC) $(STORE_SRC); do cp $$f $@/$$f; done
 	find $@ -name __pycache__ -prune -exec rm -rf {} +
 
 # Either zipapp changes when any source does: the build id they share covers both plugins.
@@ -91,7 +94,7 @@ dist/cni-inspect: build/site-cni-inspect tools/build_zipapp.py | venv
 	mkdir -p dist
 	$(PYTHON) tools/build_zipapp.py --shiv $(VENV)/bin/shiv --root $(EXTRACT_ROOT) \
 		--tool cni-inspect --entry cni_inspect.__main__:main --site-packages $< \
-		--id-from cni_inspect cni_bridge/masquerade --out $@
+		--id-from cni_inspect cni_bridge/masquerade cni_protocol host_local_ipam --out $@
 
 zipapps: dist/host-local dist/bridge dist/cni-inspect
 

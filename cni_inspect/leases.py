@@ -9,6 +9,8 @@ import ipaddress
 import os
 from dataclasses import dataclass
 
+from host_local_ipam.store import RESERVING_NAME, DiskStore
+
 
 @dataclass
 class Lease:
@@ -31,25 +33,14 @@ def store_dir(data_dir: str, network: str) -> str:
 
 
 def leases(data_dir: str, network: str) -> list[Lease]:
-    """Every lease of the network, in address order."""
-    directory = store_dir(data_dir, network)
+    """Every lease of the network, in address order, read by host-local's own store: a FIFO,
+    a symlink or an oversized file named as an address is skipped, never opened so as to block."""
     try:
-        names = os.listdir(directory)
+        found = DiskStore(data_dir, network, create=False).leases()
     except OSError:
         return []
-    found = []
-    for name in names:
-        try:
-            ip = ipaddress.ip_address(name)
-        except ValueError:
-            continue
-        path = os.path.join(directory, name)
-        try:
-            with open(path, "rb") as f:
-                content = f.read().decode(errors="replace").strip()
-        except OSError:
-            continue
-        container_id, sep, ifname = content.partition("\r\n")
-        found.append((ip.version, ip, Lease(path, name, container_id.strip(),
-                                            ifname.strip() if sep else None)))
-    return [lease for _, _, lease in sorted(found, key=lambda t: (t[0], t[1]))]
+    directory = store_dir(data_dir, network)
+    rows = [(ipaddress.ip_address(name), Lease(os.path.join(directory, name), name,
+                                               container_id, ifname))
+            for name, container_id, ifname in found if name != RESERVING_NAME]
+    return [lease for _, lease in sorted(rows, key=lambda row: (row[0].version, row[0]))]

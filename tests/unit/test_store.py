@@ -345,3 +345,19 @@ def test_a_failing_unlock_neither_fails_the_verb_nor_keeps_the_lock(tmp_path, mo
     finally:
         os.close(fd)
     assert store.get_by_id("c1", "eth0") == ["10.1.2.2"]
+
+
+def test_cni_inspect_reads_the_leases_as_the_store_does(tmp_path, alarm):
+    """cni-inspect lists a network's leases through this store: a FIFO named as an address (it
+    used to open it and hang) and the other odd entries are skipped, leases come in address
+    order with their paths."""
+    from cni_inspect.leases import leases
+    d = tmp_path / "net1"
+    d.mkdir()
+    _odd_entries(d)
+    for ip, content in (("10.1.2.9", b"c2\r\neth0"), ("10.1.2.10", b"c3"), ("fd00::5", b"c4\r\neth1")):
+        (d / ip).write_bytes(content)
+    assert [(l.ip, l.container_id, l.ifname, l.path) for l in leases(str(tmp_path), "net1")] == [
+        ("10.1.2.9", "c2", "eth0", str(d / "10.1.2.9")), ("10.1.2.10", "c3", None, str(d / "10.1.2.10")),
+        ("fd00::5", "c4", "eth1", str(d / "fd00::5"))]
+    assert leases(str(tmp_path), "absent") == []
