@@ -11,11 +11,12 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from host_local_ipam.store import DEFAULT_DATA_DIR
+
 from .errors import InspectError
 
 CONF_EXTENSIONS = (".conf", ".conflist", ".json")  # libcni ConfFiles
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"  # host-local's
 DEFAULT_BRIDGE = "cni0"  # the bridge plugin's
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address

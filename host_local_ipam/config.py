@@ -7,8 +7,7 @@ from cni_protocol.skel import config_error
 from cni_protocol.version import at_least
 from cni_protocol.ip import parse_cidr, parse_ip
 from .ranges import RangeSet
-
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+from .store import DEFAULT_DATA_DIR
 
 
 class IPAMConfig:

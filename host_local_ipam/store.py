@@ -28,6 +28,7 @@ from fcntl import LOCK_EX, LOCK_UN, flock
 from cni_protocol.ip import fmt, parse_ip
 from cni_protocol.request import IFNAMSIZ, MAX_CONTAINER_ID
 
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"  # the dataDir of a conf that names none
 LOCK_NAME = "lock"
 LAST_RESERVED_PREFIX = "last_reserved_ip."
 # A reservation is written under this name first and linked into place, so a crash never
